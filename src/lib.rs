@@ -1,0 +1,10 @@
+//! resumelb: a résumé-based HTTP load balancer.
+//!
+//! Workers measure how fast they serve each *request class* and send the LB
+//! a *résumé* (class → score); the LB sends each request to a worker that
+//! is good at its class, bounded by backlog rules. This crate holds the
+//! pure core (wire codec, pools, résumé tracker, classifiers) and the
+//! processes built on it.
+
+pub mod pool;
+pub mod proto;

@@ -1,0 +1,17 @@
+//! The LB⇄worker wire protocol (PROTOCOL.md): frames, typed messages for
+//! each direction, encoders and an incremental decoder. Pure: no sockets.
+
+mod frame;
+mod message;
+#[cfg(test)]
+mod tests;
+
+pub use frame::{
+    decode_raw, encode_with, Decoded, ProtoError, RawFrame, Rno, DEFAULT_MAX_FRAME, HEADER_LEN,
+    MAX_CHUNK,
+};
+pub use message::{
+    encode_body, encode_drain, encode_end, encode_environ, encode_head, encode_hello,
+    encode_null, encode_resume, Environ, Hello, ResponseHead, Resume, ToLb, ToWorker,
+    PROTOCOL_VERSION,
+};

@@ -1,0 +1,317 @@
+//! Codec tests: byte-exact vectors, round trips, split input, bad input.
+
+use super::*;
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn enc_w(m: &ToWorker) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.encode(&mut out).unwrap();
+    out
+}
+
+fn enc_l(m: &ToLb) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.encode(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn vector_lb_keepalive() {
+    assert_eq!(enc_w(&ToWorker::KeepAlive), hex("00000000 00000001 f6"));
+}
+
+#[test]
+fn vector_end_of_body_rno_7() {
+    assert_eq!(enc_w(&ToWorker::EndOfBody(7)), hex("00000007 00000001 40"));
+}
+
+#[test]
+fn vector_body_chunk_hi() {
+    assert_eq!(
+        enc_w(&ToWorker::Body(1, b"hi".to_vec())),
+        hex("00000001 00000003 42 68 69")
+    );
+}
+
+#[test]
+fn vector_resume_a_1_5() {
+    // RFC 8949: a1 = map of 1 pair; 61 61 = text(1) "a"; f9 3e00 = half
+    // float 0 01111 1000000000 = +1.1b × 2^0 = 1.5 (preferred serialization,
+    // §4.2.2: the shortest float that keeps the value).
+    let r: Resume = [("a".to_string(), 1.5)].into_iter().collect();
+    assert_eq!(
+        enc_l(&ToLb::Resume(r)),
+        hex("00000000 00000006 a1 61 61 f9 3e 00")
+    );
+}
+
+#[test]
+fn vector_drain_and_abort() {
+    // 65 = text(5), then "drain".
+    assert_eq!(enc_l(&ToLb::Drain), hex("00000000 00000006 65 647261696e"));
+    assert_eq!(enc_l(&ToLb::Abort(3)), hex("00000003 00000001 f6"));
+}
+
+fn sample_to_worker() -> Vec<ToWorker> {
+    let mut env = Environ::new();
+    env.insert("REQUEST_METHOD".into(), "GET".into());
+    env.insert("PATH_INFO".into(), "/caf\u{e9}".into());
+    env.insert("resumelb.request_class".into(), "example.com".into());
+    vec![
+        ToWorker::KeepAlive,
+        ToWorker::Environ(1, env),
+        ToWorker::Environ(2, Environ::new()),
+        ToWorker::Body(1, vec![0, 1, 2, 255]),
+        ToWorker::EndOfBody(1),
+        ToWorker::Cancel(u32::MAX),
+    ]
+}
+
+fn sample_to_lb() -> Vec<ToLb> {
+    let r: Resume = [("a".to_string(), 1.5), ("b".to_string(), 0.1)]
+        .into_iter()
+        .collect();
+    vec![
+        ToLb::Resume(r),
+        ToLb::Resume(Resume::new()),
+        ToLb::KeepAlive,
+        ToLb::Hello(Hello {
+            protocol: 1,
+            threads: Some(4),
+            pid: Some(1234),
+            version: Some("2.1".into()),
+        }),
+        ToLb::Hello(Hello {
+            protocol: 1,
+            threads: Some(1),
+            pid: Some(9),
+            version: None,
+        }),
+        ToLb::Drain,
+        ToLb::Head(
+            5,
+            ResponseHead {
+                status: "200 OK".into(),
+                headers: vec![
+                    ("Content-Type".into(), "text/plain".into()),
+                    ("Set-Cookie".into(), "a=1".into()),
+                    ("Set-Cookie".into(), "b=2".into()),
+                ],
+            },
+        ),
+        ToLb::Body(5, b"hello".to_vec()),
+        ToLb::End(5),
+        ToLb::Abort(6),
+    ]
+}
+
+#[test]
+fn round_trip_every_message() {
+    for m in sample_to_worker() {
+        let bytes = enc_w(&m);
+        assert_eq!(
+            ToWorker::decode(&bytes, DEFAULT_MAX_FRAME).unwrap(),
+            Decoded::Complete(m, bytes.len())
+        );
+    }
+    for m in sample_to_lb() {
+        let bytes = enc_l(&m);
+        assert_eq!(
+            ToLb::decode(&bytes, DEFAULT_MAX_FRAME).unwrap(),
+            Decoded::Complete(m, bytes.len())
+        );
+    }
+}
+
+#[test]
+fn integer_scores_are_accepted() {
+    // {"x": 2} with an integer score.
+    let bytes = hex("00000000 00000004 a1 61 78 02");
+    let Decoded::Complete(ToLb::Resume(r), 12) = ToLb::decode(&bytes, 100).unwrap() else {
+        panic!("not a résumé");
+    };
+    assert_eq!(r.get("x"), Some(&2.0));
+}
+
+#[test]
+fn bodies_are_cut_at_64k() {
+    let data: Vec<u8> = (0..(MAX_CHUNK * 2 + 10)).map(|i| i as u8).collect();
+    let mut out = Vec::new();
+    encode_body(&mut out, 9, &data);
+    let mut got = Vec::new();
+    let mut pos = 0;
+    let mut frames = 0;
+    while pos < out.len() {
+        match ToLb::decode(&out[pos..], DEFAULT_MAX_FRAME).unwrap() {
+            Decoded::Complete(ToLb::Body(9, b), used) => {
+                assert!(b.len() <= MAX_CHUNK);
+                got.extend(b);
+                pos += used;
+                frames += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(frames, 3);
+    assert_eq!(got, data);
+}
+
+/// Decode a whole stream of frames, fed `step` bytes at a time.
+fn decode_stream(stream: &[u8], step: usize) -> Vec<ToLb> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for piece in stream.chunks(step) {
+        buf.extend_from_slice(piece);
+        while let Decoded::Complete(m, used) = ToLb::decode(&buf, DEFAULT_MAX_FRAME).unwrap() {
+            out.push(m);
+            buf.drain(..used);
+        }
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+#[test]
+fn decoder_fed_one_byte_at_a_time() {
+    let msgs = sample_to_lb();
+    let stream: Vec<u8> = msgs.iter().flat_map(enc_l).collect();
+    assert_eq!(decode_stream(&stream, 1), msgs);
+    assert_eq!(decode_stream(&stream, 7), msgs);
+}
+
+#[test]
+fn decoder_split_at_every_position() {
+    let msgs = sample_to_lb();
+    let stream: Vec<u8> = msgs.iter().flat_map(enc_l).collect();
+    for cut in 0..=stream.len() {
+        let mut buf = stream[..cut].to_vec();
+        let mut got = Vec::new();
+        while let Decoded::Complete(m, used) = ToLb::decode(&buf, DEFAULT_MAX_FRAME).unwrap() {
+            got.push(m);
+            buf.drain(..used);
+        }
+        buf.extend_from_slice(&stream[cut..]);
+        while let Decoded::Complete(m, used) = ToLb::decode(&buf, DEFAULT_MAX_FRAME).unwrap() {
+            got.push(m);
+            buf.drain(..used);
+        }
+        assert_eq!(got, msgs, "split at {cut}");
+    }
+}
+
+#[test]
+fn over_long_length_is_an_error() {
+    let bytes = hex("00000001 01000001");
+    assert_eq!(
+        ToWorker::decode(&bytes, DEFAULT_MAX_FRAME),
+        Err(ProtoError::TooLong {
+            len: 0x0100_0001,
+            limit: DEFAULT_MAX_FRAME
+        })
+    );
+}
+
+#[test]
+fn trailing_bytes_after_the_item() {
+    // null, then a stray 0x00.
+    let bytes = hex("00000000 00000002 f6 00");
+    assert_eq!(
+        ToWorker::decode(&bytes, 100),
+        Err(ProtoError::TrailingBytes { extra: 1 })
+    );
+}
+
+#[test]
+fn truncated_or_empty_item_is_malformed() {
+    // Byte string announcing 3 bytes with only 2 in the frame.
+    let bytes = hex("00000001 00000003 43 68 69");
+    assert!(matches!(
+        ToWorker::decode(&bytes, 100),
+        Err(ProtoError::Malformed(_))
+    ));
+    let empty = hex("00000001 00000000");
+    assert!(matches!(
+        ToWorker::decode(&empty, 100),
+        Err(ProtoError::Malformed(_))
+    ));
+    // 0xff alone ("break" outside an indefinite item).
+    let brk = hex("00000001 00000001 ff");
+    assert!(matches!(
+        ToLb::decode(&brk, 100),
+        Err(ProtoError::Malformed(_))
+    ));
+}
+
+#[test]
+fn wrong_shapes_are_typed_errors() {
+    let cases: Vec<(Vec<u8>, bool)> = vec![
+        // a map where a byte string or environ must be: map text → integer
+        (hex("00000001 00000004 a1 61 61 01"), true),
+        // an integer on a request
+        (hex("00000001 00000001 01"), true),
+        // a byte string on rno 0 (LB → worker)
+        (hex("00000000 00000001 40"), true),
+        // text on a request
+        (hex("00000002 00000002 61 61"), true),
+    ];
+    for (bytes, _) in &cases {
+        assert!(
+            matches!(
+                ToWorker::decode(bytes, 100),
+                Err(ProtoError::Shape { .. })
+            ),
+            "{bytes:02x?}"
+        );
+    }
+    // Worker → LB: a map on a request, a négative score, a bad head.
+    for bytes in [
+        hex("00000001 00000004 a1 61 61 01"),
+        hex("00000000 00000004 a1 61 61 20"),
+        hex("00000001 00000003 81 61 61"),
+        hex("00000001 00000005 82 01 80 80 80"),
+        hex("00000000 00000001 01"),
+    ] {
+        let r = ToLb::decode(&bytes, 100);
+        assert!(
+            matches!(r, Err(ProtoError::Shape { .. }) | Err(ProtoError::TrailingBytes { .. })),
+            "{bytes:02x?} gave {r:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_words_are_ignored_not_errors() {
+    // ["later", {}]
+    let bytes = hex("00000000 00000008 82 65 6c61746572 a0");
+    assert_eq!(
+        ToLb::decode(&bytes, 100),
+        Ok(Decoded::Complete(ToLb::Unknown("later".into()), 16))
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    // A cheap deterministic sweep; the fuzz targets go further.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 24) as usize;
+        let mut bytes = vec![0, 0, 0, (x >> 8) as u8 & 1, 0, 0, 0, len as u8];
+        let mut y = x;
+        for _ in 0..len {
+            y = y.wrapping_mul(6364136223846793005).wrapping_add(1);
+            bytes.push((y >> 33) as u8);
+        }
+        let _ = ToLb::decode(&bytes, 100);
+        let _ = ToWorker::decode(&bytes, 100);
+    }
+}
