@@ -6,5 +6,7 @@
 //! pure core (wire codec, pools, résumé tracker, classifiers) and the
 //! processes built on it.
 
+pub mod classify;
 pub mod pool;
 pub mod proto;
+pub mod resume;

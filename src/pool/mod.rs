@@ -8,9 +8,9 @@ mod classic;
 mod classless;
 mod line;
 mod settings;
-mod versions;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 pub use classic::ResumePool;
 pub use classless::ClasslessPool;

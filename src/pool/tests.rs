@@ -178,7 +178,11 @@ fn settings_change_the_decay() {
     p.get("x");
     p.get("x");
     // worker_decay = 1 - 1/18 with B = 9.
-    assert!(close(mb(&p, 1), decayed_mean(&[1, 2], 1.0 - 1.0 / 18.0), 1e-12));
+    assert!(close(
+        mb(&p, 1),
+        decayed_mean(&[1, 2], 1.0 - 1.0 / 18.0),
+        1e-12
+    ));
     p.update_settings(&Settings {
         backlog_history: 1,
         ..Settings::default()

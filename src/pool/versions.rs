@@ -144,7 +144,7 @@ impl Balancer {
         }
         // Each joins at the front: add the latest first so that the
         // earliest ends up at the front.
-        joining.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        joining.sort_unstable_by_key(|&(seq, _)| std::cmp::Reverse(seq));
         for (_, w) in joining {
             let resume = vs.workers[&w].resume.clone();
             self.pool.new_resume(w, resume);

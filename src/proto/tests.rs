@@ -263,10 +263,7 @@ fn wrong_shapes_are_typed_errors() {
     ];
     for (bytes, _) in &cases {
         assert!(
-            matches!(
-                ToWorker::decode(bytes, 100),
-                Err(ProtoError::Shape { .. })
-            ),
+            matches!(ToWorker::decode(bytes, 100), Err(ProtoError::Shape { .. })),
             "{bytes:02x?}"
         );
     }
@@ -280,7 +277,10 @@ fn wrong_shapes_are_typed_errors() {
     ] {
         let r = ToLb::decode(&bytes, 100);
         assert!(
-            matches!(r, Err(ProtoError::Shape { .. }) | Err(ProtoError::TrailingBytes { .. })),
+            matches!(
+                r,
+                Err(ProtoError::Shape { .. }) | Err(ProtoError::TrailingBytes { .. })
+            ),
             "{bytes:02x?} gave {r:?}"
         );
     }
