@@ -7,6 +7,10 @@
 //! processes built on it.
 
 pub mod classify;
+pub mod cli;
 pub mod pool;
 pub mod proto;
 pub mod resume;
+pub mod tracelog;
+pub mod util;
+pub mod worker;

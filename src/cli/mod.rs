@@ -1,0 +1,115 @@
+//! Command lines: getopts parsing into validated configurations, one
+//! module per command, and the one place where errors become exit codes
+//! (0 success, 1 failure, 2 usage error, as zdaemon expects).
+
+pub mod get_worker_resume;
+pub mod worker;
+
+use std::fmt::Display;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use getopts::{Matches, Options};
+
+/// Why a command stops.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad command line: one line on stderr, exit 2.
+    Usage(String),
+    /// Something failed while running: one line on stderr, exit 1.
+    Failed(String),
+}
+
+impl<E: std::error::Error> From<E> for CliError {
+    fn from(e: E) -> CliError {
+        CliError::Failed(e.to_string())
+    }
+}
+
+/// What parsing a command line gives.
+pub enum Parsed<T> {
+    Run(T),
+    /// `--help` or `--version` was printed.
+    Done,
+}
+
+/// Run a command's `run` and turn its result into an exit code.
+pub fn main_with(name: &str, run: impl FnOnce(Vec<String>) -> Result<(), CliError>) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("{name}: {msg}");
+            eprintln!("Try '{name} --help' for more information.");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(msg)) => {
+            eprintln!("{name}: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Parse `args`, handling `-h/--help` and `-V/--version` (which every
+/// command has) by printing.
+pub fn parse(
+    name: &str,
+    synopsis: &str,
+    opts: &Options,
+    args: &[String],
+) -> Result<Option<Matches>, CliError> {
+    let m = opts
+        .parse(args)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if m.opt_present("h") {
+        print!("{}", opts.usage(&format!("Usage: {name} {synopsis}")));
+        return Ok(None);
+    }
+    if m.opt_present("V") {
+        println!("{name} {}", env!("CARGO_PKG_VERSION"));
+        return Ok(None);
+    }
+    Ok(Some(m))
+}
+
+/// Add `-h/--help` and `-V/--version`.
+pub fn standard_options(opts: &mut Options) {
+    opts.optflag("h", "help", "print this help and exit");
+    opts.optflag("V", "version", "print the version and exit");
+}
+
+/// An option's value parsed as `T`, or `default` when absent.
+pub fn value<T>(m: &Matches, name: &str, default: T) -> Result<T, CliError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| CliError::Usage(format!("bad value {s:?} for --{name}: {e}"))),
+    }
+}
+
+/// A duration option given in (possibly fractional) seconds.
+pub fn seconds(m: &Matches, name: &str, default: f64) -> Result<std::time::Duration, CliError> {
+    let s: f64 = value(m, name, default)?;
+    if !(s.is_finite() && s > 0.0) {
+        return Err(CliError::Usage(format!(
+            "--{name} must be a number of seconds above 0"
+        )));
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
+/// `-L`: install the stderr logger at the given level.
+pub fn init_logging(m: &Matches, name: &str) -> Result<(), CliError> {
+    let level = match m.opt_str(name) {
+        None => log::LevelFilter::Info,
+        Some(s) => crate::util::logger::parse_level(&s).map_err(CliError::Usage)?,
+    };
+    crate::util::logger::init(level);
+    Ok(())
+}

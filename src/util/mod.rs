@@ -1,0 +1,8 @@
+//! Small shared helpers: stderr logger, time formatting, spill buffers,
+//! signal delivery to event loops.
+
+pub mod logger;
+pub mod signals;
+pub mod slab;
+pub mod spill;
+pub mod time;

@@ -1,0 +1,41 @@
+//! Signals for event loops: a thread waits for them and passes each one on
+//! over a channel, then wakes the loop.
+
+use std::io;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::iterator::Signals;
+
+/// What a signal asks of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// SIGTERM or SIGINT: shut down gracefully (a second one: at once).
+    Stop,
+    /// SIGUSR2: reopen log files (what `zdaemon logreopen` sends).
+    Reopen,
+}
+
+/// Start the signal thread. Each signal is sent on the returned channel and
+/// `waker` is woken.
+pub fn spawn(waker: Arc<mio::Waker>) -> io::Result<Receiver<SignalEvent>> {
+    let (tx, rx): (Sender<SignalEvent>, Receiver<SignalEvent>) = crossbeam_channel::unbounded();
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let ev = if sig == SIGUSR2 {
+                    SignalEvent::Reopen
+                } else {
+                    SignalEvent::Stop
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+                let _ = waker.wake();
+            }
+        })?;
+    Ok(rx)
+}

@@ -1,0 +1,674 @@
+//! The worker's I/O thread: one `mio::Poll` owning the listener and every
+//! LB connection. It decodes frames, collects each request's environ and
+//! body, hands complete requests to the app threads, and writes the
+//! response frames they send back.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::app::Request;
+use super::shared::{Ctl, Flow, Job, Out};
+use super::Command;
+use crate::proto::{
+    encode_drain, encode_end, encode_head, encode_null, encode_resume, Decoded, Environ,
+    ResponseHead, Resume, Rno, ToWorker,
+};
+use crate::tracelog::TraceLog;
+use crate::util::signals::SignalEvent;
+use crate::util::slab::Slab;
+use crate::util::spill::SpillBuffer;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Bytes kept in a connection's write buffer before app frames wait.
+const WBUF_CAP: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// How long a draining worker waits for stray requests after the last
+/// frame from its LBs.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+enum Req {
+    Receiving {
+        req_id: u64,
+        environ: Environ,
+        body: SpillBuffer,
+        failed: bool,
+    },
+    Running {
+        req_id: u64,
+        cancel: Arc<AtomicBool>,
+    },
+}
+
+struct LbConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    trace_no: u32,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// App frames waiting for room in `wbuf`.
+    held: VecDeque<Vec<u8>>,
+    flow: Arc<Flow>,
+    requests: HashMap<Rno, Req>,
+    last_write: Instant,
+}
+
+impl LbConn {
+    fn unsent(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    fn idle_output(&self) -> bool {
+        self.unsent() == 0 && self.held.is_empty()
+    }
+}
+
+/// Settings of the I/O loop.
+pub(crate) struct IoConfig {
+    pub max_frame: usize,
+    pub spill_threshold: usize,
+    pub keepalive: Duration,
+    pub shutdown_timeout: Duration,
+    /// Requests queued for the app threads before reading pauses.
+    pub max_queued: usize,
+}
+
+/// Everything but the connections, so that handlers can borrow both.
+struct Ctx {
+    cfg: IoConfig,
+    jobs: Sender<Job>,
+    trace: TraceLog,
+    /// The current résumé and hello, encoded, for new connections.
+    resume_frame: Vec<u8>,
+    hello_frame: Vec<u8>,
+    next_conn_id: u64,
+    next_req_id: u64,
+    trace_nos: BTreeSet<u32>,
+    /// Jobs handed to app threads and not yet done.
+    busy: usize,
+    paused: bool,
+    last_frame: Instant,
+}
+
+pub(crate) struct IoLoop {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<LbConn>,
+    by_id: HashMap<u64, usize>,
+    out_rx: Receiver<Out>,
+    ctl_rx: Receiver<Ctl>,
+    cmd_rx: Receiver<Command>,
+    signals: Option<Receiver<SignalEvent>>,
+    dirty: Vec<usize>,
+    draining: Option<Instant>,
+    ctx: Ctx,
+}
+
+#[allow(clippy::too_many_arguments)]
+impl IoLoop {
+    pub(crate) fn new(
+        poll: Poll,
+        listener: TcpListener,
+        cfg: IoConfig,
+        jobs: Sender<Job>,
+        out_rx: Receiver<Out>,
+        ctl_rx: Receiver<Ctl>,
+        cmd_rx: Receiver<Command>,
+        signals: Option<Receiver<SignalEvent>>,
+        trace: TraceLog,
+        resume: &Resume,
+        hello_frame: Vec<u8>,
+    ) -> io::Result<IoLoop> {
+        let mut listener = listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut resume_frame = Vec::new();
+        encode_resume(&mut resume_frame, resume).map_err(io::Error::other)?;
+        Ok(IoLoop {
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            by_id: HashMap::new(),
+            out_rx,
+            ctl_rx,
+            cmd_rx,
+            signals,
+            dirty: Vec::new(),
+            draining: None,
+            ctx: Ctx {
+                cfg,
+                jobs,
+                trace,
+                resume_frame,
+                hello_frame,
+                next_conn_id: 0,
+                next_req_id: 0,
+                trace_nos: BTreeSet::new(),
+                busy: 0,
+                paused: false,
+                last_frame: Instant::now(),
+            },
+        })
+    }
+
+    /// Run until shut down.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(t) => {
+                        let slot = t - FIRST_CONN;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(slot);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(slot);
+                        }
+                    }
+                }
+            }
+            if self.drain_channels() {
+                self.close_all();
+                return Ok(());
+            }
+            self.flush_dirty();
+            self.maybe_unpause();
+            if self.draining.is_some() && self.drained() {
+                self.close_all();
+                return Ok(());
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let trace_no = (1..)
+                        .find(|n| !self.ctx.trace_nos.contains(n))
+                        .unwrap_or(u32::MAX);
+                    self.ctx.next_conn_id += 1;
+                    let id = self.ctx.next_conn_id;
+                    let mut wbuf = Vec::with_capacity(4096);
+                    wbuf.extend_from_slice(&self.ctx.resume_frame);
+                    wbuf.extend_from_slice(&self.ctx.hello_frame);
+                    let slot = self.conns.insert(LbConn {
+                        stream,
+                        peer,
+                        id,
+                        trace_no,
+                        rbuf: Vec::new(),
+                        wbuf,
+                        wpos: 0,
+                        held: VecDeque::new(),
+                        flow: Arc::new(Flow::default()),
+                        requests: HashMap::new(),
+                        last_write: Instant::now(),
+                    });
+                    let conn = self.conns.get_mut(slot).expect("just inserted");
+                    if let Err(e) = self.poll.registry().register(
+                        &mut conn.stream,
+                        Token(slot + FIRST_CONN),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::error!("cannot register connection from {peer}: {e}");
+                        self.conns.remove(slot);
+                        continue;
+                    }
+                    self.ctx.trace_nos.insert(trace_no);
+                    self.by_id.insert(id, slot);
+                    log::info!("LB connected from {peer} (connection {trace_no})");
+                    self.mark_dirty(slot);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and let the next event retry.
+                    log::error!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if !self.dirty.contains(&slot) {
+            self.dirty.push(slot);
+        }
+    }
+
+    fn read(&mut self, slot: usize) {
+        if self.ctx.paused {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut chunk = [0u8; READ_CHUNK];
+        let outcome = loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => break Err("closed by the LB".to_string()),
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&chunk[..n]);
+                    if let Err(e) = process_frames(conn, &mut self.ctx) {
+                        break Err(e);
+                    }
+                    if self.ctx.paused {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if !conn.idle_output() {
+                    self.mark_dirty(slot);
+                }
+            }
+            Err(why) => self.close(slot, &why),
+        }
+    }
+
+    fn close(&mut self, slot: usize, why: &str) {
+        let Some(mut conn) = self.conns.remove(slot) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        conn.flow.close();
+        for (_, req) in conn.requests.drain() {
+            if let Req::Running { cancel, .. } = req {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        self.by_id.remove(&conn.id);
+        self.ctx.trace_nos.remove(&conn.trace_no);
+        log::info!(
+            "LB connection {} from {} closed: {why}",
+            conn.trace_no,
+            conn.peer
+        );
+    }
+
+    fn close_all(&mut self) {
+        for slot in self.conns.keys() {
+            self.flush(slot);
+            self.close(slot, "worker shutting down");
+        }
+    }
+
+    /// Handle messages from the other threads. True: exit now.
+    fn drain_channels(&mut self) -> bool {
+        while let Ok(out) = self.out_rx.try_recv() {
+            self.on_out(out);
+        }
+        while let Ok(ctl) = self.ctl_rx.try_recv() {
+            match ctl {
+                Ctl::Publish(resume) => self.publish(&resume),
+                Ctl::Tick => self.tick(),
+            }
+        }
+        let mut stop = 0;
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                Command::Stop => stop += 1,
+                Command::StopNow => stop += 2,
+            }
+        }
+        if let Some(signals) = &self.signals {
+            while let Ok(sig) = signals.try_recv() {
+                match sig {
+                    SignalEvent::Stop => stop += 1,
+                    SignalEvent::Reopen => self.ctx.trace.reopen(),
+                }
+            }
+        }
+        if stop == 0 {
+            return false;
+        }
+        if self.draining.is_some() || stop > 1 {
+            log::warn!("second stop request: exiting at once");
+            return true;
+        }
+        self.start_drain();
+        false
+    }
+
+    fn start_drain(&mut self) {
+        log::info!(
+            "shutting down: draining {} LB connection(s), {} request(s) in flight",
+            self.conns.len(),
+            self.ctx.busy
+        );
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.draining = Some(Instant::now() + self.ctx.cfg.shutdown_timeout);
+        self.ctx.last_frame = Instant::now();
+        for slot in self.conns.keys() {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                encode_drain(&mut conn.wbuf);
+            }
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn drained(&self) -> bool {
+        let Some(deadline) = self.draining else {
+            return false;
+        };
+        if Instant::now() >= deadline {
+            log::warn!("shutdown timeout: exiting with requests in flight");
+            return true;
+        }
+        if self.conns.is_empty() {
+            return true;
+        }
+        let idle = self.ctx.busy == 0
+            && self
+                .conns
+                .iter()
+                .all(|(_, c)| c.requests.is_empty() && c.idle_output());
+        idle && self.ctx.last_frame.elapsed() >= DRAIN_QUIET
+    }
+
+    fn on_out(&mut self, out: Out) {
+        if out.done {
+            self.ctx.busy = self.ctx.busy.saturating_sub(1);
+        }
+        let Some(&slot) = self.by_id.get(&out.conn_id) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let current = matches!(
+            conn.requests.get(&out.rno),
+            Some(Req::Running { req_id, .. }) if *req_id == out.req_id
+        );
+        let n = out.bytes.len();
+        if !current {
+            conn.flow.release(n);
+            return;
+        }
+        if out.done {
+            conn.requests.remove(&out.rno);
+        }
+        if n == 0 {
+            return;
+        }
+        if conn.held.is_empty() && conn.unsent() < WBUF_CAP {
+            conn.wbuf.extend_from_slice(&out.bytes);
+            conn.flow.release(n);
+        } else {
+            conn.held.push_back(out.bytes);
+        }
+        self.mark_dirty(slot);
+    }
+
+    fn publish(&mut self, resume: &Resume) {
+        let mut frame = Vec::new();
+        if let Err(e) = encode_resume(&mut frame, resume) {
+            log::error!("cannot encode résumé: {e}");
+            return;
+        }
+        for slot in self.conns.keys() {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.wbuf.extend_from_slice(&frame);
+            }
+            self.mark_dirty(slot);
+        }
+        self.ctx.resume_frame = frame;
+    }
+
+    fn tick(&mut self) {
+        let keepalive = self.ctx.cfg.keepalive;
+        for slot in self.conns.keys() {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.unsent() == 0 && conn.last_write.elapsed() >= keepalive {
+                encode_null(&mut conn.wbuf, 0);
+                self.mark_dirty(slot);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for slot in dirty {
+            self.flush(slot);
+        }
+    }
+
+    fn flush(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if let Err(e) = write_out(conn) {
+            self.close(slot, &format!("write failed: {e}"));
+        }
+    }
+
+    fn maybe_unpause(&mut self) {
+        if self.ctx.paused && self.ctx.busy < self.ctx.cfg.max_queued / 2 {
+            self.ctx.paused = false;
+            // Edge-triggered: data that arrived while paused brings no new
+            // event, so read every connection now.
+            for slot in self.conns.keys() {
+                self.read(slot);
+            }
+            self.flush_dirty();
+        }
+    }
+}
+
+/// Write as much as the socket takes, refilling from held app frames.
+fn write_out(conn: &mut LbConn) -> io::Result<()> {
+    loop {
+        while conn.unsent() < WBUF_CAP {
+            let Some(b) = conn.held.pop_front() else {
+                break;
+            };
+            conn.wbuf.extend_from_slice(&b);
+            conn.flow.release(b.len());
+        }
+        if conn.unsent() == 0 {
+            conn.wbuf.clear();
+            conn.wpos = 0;
+            return Ok(());
+        }
+        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                conn.wpos += n;
+                conn.last_write = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if conn.wpos >= READ_CHUNK {
+                    conn.wbuf.drain(..conn.wpos);
+                    conn.wpos = 0;
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Decode and handle every whole frame in the read buffer.
+fn process_frames(conn: &mut LbConn, ctx: &mut Ctx) -> Result<(), String> {
+    let mut pos = 0;
+    let result = loop {
+        match ToWorker::decode(&conn.rbuf[pos..], ctx.cfg.max_frame) {
+            Ok(Decoded::Complete(msg, used)) => {
+                pos += used;
+                ctx.last_frame = Instant::now();
+                if let Err(e) = handle(conn, ctx, msg) {
+                    break Err(e);
+                }
+                if ctx.paused {
+                    break Ok(());
+                }
+            }
+            Ok(Decoded::Partial) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    conn.rbuf.drain(..pos);
+    result.map_err(|why| {
+        log::error!("protocol error from LB {}: {why}", conn.peer);
+        format!("protocol error: {why}")
+    })
+}
+
+fn request_id(conn: &LbConn, rno: Rno) -> String {
+    format!("{}.{}", conn.trace_no, rno)
+}
+
+fn handle(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String> {
+    match msg {
+        ToWorker::KeepAlive => {}
+        ToWorker::Environ(rno, environ) => {
+            if conn.requests.contains_key(&rno) {
+                return Err(format!("request number {rno} reused while in flight"));
+            }
+            ctx.next_req_id += 1;
+            if ctx.trace.is_enabled() {
+                let method = environ.get("REQUEST_METHOD").map_or("", String::as_str);
+                let url = environ
+                    .get("REQUEST_URI")
+                    .or_else(|| environ.get("PATH_INFO"))
+                    .map_or("", String::as_str);
+                ctx.trace
+                    .record('B', request_id(conn, rno), format_args!("{method} {url}"));
+            }
+            conn.requests.insert(
+                rno,
+                Req::Receiving {
+                    req_id: ctx.next_req_id,
+                    environ,
+                    body: SpillBuffer::new(ctx.cfg.spill_threshold),
+                    failed: false,
+                },
+            );
+        }
+        ToWorker::Body(rno, data) => {
+            let trace_no = conn.trace_no;
+            if let Some(Req::Receiving { body, failed, .. }) = conn.requests.get_mut(&rno) {
+                if !*failed {
+                    if let Err(e) = body.write(&data) {
+                        log::error!("{trace_no}.{rno}: cannot store request body: {e}");
+                        *failed = true;
+                    }
+                }
+            }
+        }
+        ToWorker::EndOfBody(rno) => {
+            let Some(Req::Receiving { .. }) = conn.requests.get(&rno) else {
+                return Ok(());
+            };
+            let Some(Req::Receiving {
+                req_id,
+                environ,
+                body,
+                failed,
+            }) = conn.requests.remove(&rno)
+            else {
+                return Ok(());
+            };
+            let id = request_id(conn, rno);
+            ctx.trace.record('I', &id, body.len());
+            let reader = match body.into_reader() {
+                Ok(r) if !failed => r,
+                Ok(_) => {
+                    respond_error(conn, rno);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::error!("{id}: cannot read back request body: {e}");
+                    respond_error(conn, rno);
+                    return Ok(());
+                }
+            };
+            let cancel = Arc::new(AtomicBool::new(false));
+            let class = environ
+                .get("resumelb.request_class")
+                .cloned()
+                .unwrap_or_default();
+            let request = Request {
+                environ,
+                body: reader,
+                class,
+                trace: ctx.trace.for_request(id),
+                cancel: cancel.clone(),
+            };
+            let job = Job {
+                conn_id: conn.id,
+                rno,
+                req_id,
+                flow: conn.flow.clone(),
+                request_cancel: cancel.clone(),
+                request: Some(request),
+            };
+            if ctx.jobs.send(job).is_err() {
+                return Err("app threads are gone".into());
+            }
+            ctx.busy += 1;
+            if ctx.busy >= ctx.cfg.max_queued {
+                ctx.paused = true;
+            }
+            conn.requests.insert(rno, Req::Running { req_id, cancel });
+        }
+        ToWorker::Cancel(rno) => match conn.requests.remove(&rno) {
+            Some(Req::Running { cancel, .. }) => {
+                cancel.store(true, Ordering::Relaxed);
+                conn.flow.poke();
+                ctx.trace.record('E', request_id(conn, rno), "cancelled");
+            }
+            Some(Req::Receiving { .. }) => {
+                ctx.trace.record('E', request_id(conn, rno), "cancelled");
+            }
+            None => {}
+        },
+    }
+    Ok(())
+}
+
+/// Answer 500 from the I/O thread (the body could not be stored).
+fn respond_error(conn: &mut LbConn, rno: Rno) {
+    let head = ResponseHead {
+        status: "500 Internal Server Error".into(),
+        headers: vec![("Content-Length".into(), "0".into())],
+    };
+    let _ = encode_head(&mut conn.wbuf, rno, &head);
+    encode_end(&mut conn.wbuf, rno);
+}

@@ -1,0 +1,245 @@
+//! The worker (`resumelb-worker`): serves LB connections with an
+//! application on a fixed pool of app threads, measures per-class speed and
+//! sends its résumé to every LB (ARCHITECTURE.md, "Worker").
+//!
+//! Threads: one I/O thread ([`io`]), `threads` app threads ([`threads`]),
+//! a timer thread that owns the résumé tracker ([`timer`]), and, when asked
+//! to, a signal thread.
+
+pub mod app;
+pub mod demo;
+mod io;
+mod shared;
+mod threads;
+mod timer;
+pub mod upstream;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Poll, Token};
+
+pub use app::{App, AppError, Body, Request, Response};
+
+use crate::proto::{encode_hello, Hello, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use crate::resume::{load_file_or_empty, ResumeSettings, Tracker};
+use crate::tracelog::TraceLog;
+use shared::{Shared, TimerMsg};
+
+/// How a worker runs.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// App threads.
+    pub threads: usize,
+    pub resume: ResumeSettings,
+    /// Saved on every publish, read at start-up.
+    pub resume_file: Option<PathBuf>,
+    pub tracelog: TraceLog,
+    /// Request bodies above this many bytes go to a temporary file.
+    pub spill_threshold: usize,
+    pub max_frame: usize,
+    /// Keep-alive interval towards the LBs.
+    pub keepalive: Duration,
+    /// How long a graceful shutdown may wait for requests in flight.
+    pub shutdown_timeout: Duration,
+    /// Handle SIGTERM/SIGINT (graceful stop) and SIGUSR2 (reopen logs).
+    pub handle_signals: bool,
+    /// Sent to LBs in the hello (and registered in ZooKeeper).
+    pub version: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig {
+            threads: 1,
+            resume: ResumeSettings::default(),
+            resume_file: None,
+            tracelog: TraceLog::disabled(),
+            spill_threshold: 1 << 20,
+            max_frame: DEFAULT_MAX_FRAME,
+            keepalive: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(99),
+            handle_signals: false,
+            version: None,
+        }
+    }
+}
+
+/// Orders for a running worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Graceful stop: drain, finish requests in flight, return.
+    Stop,
+    /// Return at once.
+    StopNow,
+}
+
+/// Controls a running worker from another thread.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    cmd: Sender<Command>,
+    timer: Sender<TimerMsg>,
+    waker: Arc<mio::Waker>,
+}
+
+impl WorkerHandle {
+    pub fn stop(&self) {
+        let _ = self.cmd.send(Command::Stop);
+        let _ = self.waker.wake();
+    }
+
+    pub fn stop_now(&self) {
+        let _ = self.cmd.send(Command::StopNow);
+        let _ = self.waker.wake();
+    }
+
+    /// Apply new résumé settings at once.
+    pub fn update_resume_settings(&self, settings: ResumeSettings) {
+        let _ = self.timer.send(TimerMsg::Settings(settings));
+    }
+}
+
+/// A bound worker, ready to run.
+pub struct Worker {
+    poll: Poll,
+    waker: Arc<mio::Waker>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: WorkerConfig,
+    cmd: (Sender<Command>, Receiver<Command>),
+    timer: (Sender<TimerMsg>, Receiver<TimerMsg>),
+}
+
+/// Resolve `HOST:PORT` (an empty host means every address).
+pub fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    full.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr}: no such address"),
+        )
+    })
+}
+
+impl Worker {
+    /// Bind the listening socket.
+    pub fn bind(addr: &str, config: WorkerConfig) -> std::io::Result<Worker> {
+        let sa = resolve(addr)?;
+        let std_listener = std::net::TcpListener::bind(sa)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener);
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(1))?);
+        Ok(Worker {
+            poll,
+            waker,
+            listener,
+            addr,
+            config,
+            cmd: unbounded(),
+            timer: bounded(65_536),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            cmd: self.cmd.0.clone(),
+            timer: self.timer.0.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Serve until stopped.
+    pub fn run(self, app: Arc<dyn App>) -> std::io::Result<()> {
+        let Worker {
+            poll,
+            waker,
+            listener,
+            addr,
+            config,
+            cmd,
+            timer,
+        } = self;
+        let threads = config.threads.max(1);
+        let trace = config.tracelog.clone();
+        trace.record('S', 0, format_args!("{addr}"));
+
+        let mut tracker = Tracker::new(config.resume);
+        if let Some(path) = &config.resume_file {
+            tracker.seed(&load_file_or_empty(path));
+        }
+        let resume = tracker.resume();
+
+        let (ctl_tx, ctl_rx) = unbounded();
+        let (out_tx, out_rx) = unbounded();
+        let (jobs_tx, jobs_rx) = unbounded();
+        let shared = Arc::new(Shared {
+            out: out_tx,
+            waker: waker.clone(),
+            timer: timer.0.clone(),
+        });
+        let _timer_thread = timer::spawn(
+            tracker,
+            timer.1,
+            ctl_tx,
+            waker.clone(),
+            config.resume_file.clone(),
+            Duration::from_millis(250).min(config.keepalive),
+        )?;
+        drop(timer.0);
+        let _app_threads = threads::spawn(threads, app, jobs_rx, shared)?;
+        let signals = if config.handle_signals {
+            Some(crate::util::signals::spawn(waker.clone())?)
+        } else {
+            None
+        };
+        let mut hello = Vec::new();
+        encode_hello(
+            &mut hello,
+            &Hello {
+                protocol: PROTOCOL_VERSION,
+                threads: Some(threads as u32),
+                pid: Some(std::process::id()),
+                version: config.version.clone(),
+            },
+        )
+        .map_err(std::io::Error::other)?;
+        let io = io::IoLoop::new(
+            poll,
+            listener,
+            io::IoConfig {
+                max_frame: config.max_frame,
+                spill_threshold: config.spill_threshold,
+                keepalive: config.keepalive,
+                shutdown_timeout: config.shutdown_timeout,
+                max_queued: threads * 64 + 1024,
+            },
+            jobs_tx,
+            out_rx,
+            ctl_rx,
+            cmd.1,
+            signals,
+            trace.clone(),
+            &resume,
+            hello,
+        )?;
+        log::info!("worker listening on {addr} with {threads} app thread(s)");
+        let result = io.run();
+        trace.record('X', 0, "");
+        trace.flush();
+        result
+    }
+}

@@ -1,0 +1,62 @@
+//! The worker's timer thread: owns the résumé tracker, folds in samples
+//! from the app threads, publishes résumés (to the I/O thread and the résumé
+//! file) and ticks the I/O thread for keep-alives.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::shared::{Ctl, TimerMsg};
+use crate::resume::{save_file, Tracker};
+
+pub(crate) fn spawn(
+    mut tracker: Tracker,
+    rx: Receiver<TimerMsg>,
+    ctl: Sender<Ctl>,
+    waker: Arc<mio::Waker>,
+    resume_file: Option<PathBuf>,
+    tick: Duration,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("timer".into())
+        .spawn(move || {
+            let mut next_tick = Instant::now() + tick;
+            loop {
+                let wait = next_tick.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(TimerMsg::Sample(class, elapsed)) => {
+                        if let Some(resume) = tracker.record(&class, elapsed) {
+                            if let Some(path) = &resume_file {
+                                if let Err(e) = save_file(path, &resume) {
+                                    log::error!("cannot save résumé file {}: {e}", path.display());
+                                }
+                            }
+                            if ctl.send(Ctl::Publish(resume)).is_err() {
+                                return;
+                            }
+                            let _ = waker.wake();
+                        }
+                    }
+                    Ok(TimerMsg::Settings(s)) => {
+                        log::info!(
+                            "résumé settings: history {}, max_skill_age {}",
+                            s.history,
+                            s.max_skill_age()
+                        );
+                        tracker.update_settings(s);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        next_tick = Instant::now() + tick;
+                        if ctl.send(Ctl::Tick).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+}

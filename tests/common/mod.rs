@@ -1,0 +1,325 @@
+//! Helpers for the integration tests: run the real binaries on 127.0.0.1
+//! and talk to them through real sockets.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use resumelb::proto::{
+    Decoded, Environ, ResponseHead, Resume, Rno, ToLb, ToWorker, DEFAULT_MAX_FRAME,
+};
+
+pub const WORKER: &str = env!("CARGO_BIN_EXE_resumelb-worker");
+
+/// A running binary whose stderr is collected line by line.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn start(bin: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("RLB_TEST_VERBOSE").is_some() {
+                    eprintln!("| {line}");
+                }
+                l2.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Wait until a stderr line contains `needle`; returns that line.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no line with {needle:?} in time; stderr so far:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for exit, at most `timeout`; returns the exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                panic!("process did not exit in time; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A worker process listening on an ephemeral port.
+pub struct WorkerProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+pub fn start_worker(extra: &[&str]) -> WorkerProc {
+    let mut args = vec!["-a", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let proc = Proc::start(WORKER, &args);
+    let line = proc.wait_for("worker listening on ", Duration::from_secs(10));
+    let addr = line
+        .split("worker listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    WorkerProc { proc, addr }
+}
+
+/// A test LB: a protocol client over one connection.
+pub struct TestLb {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response collected from a worker.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub head: Option<ResponseHead>,
+    pub body: Vec<u8>,
+    pub ended: bool,
+    pub aborted: bool,
+}
+
+impl Collected {
+    pub fn code(&self) -> u16 {
+        self.head
+            .as_ref()
+            .and_then(|h| h.status.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .as_ref()?
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+pub fn environ(method: &str, path: &str, query: &str, class: &str) -> Environ {
+    let mut env = Environ::new();
+    for (k, v) in [
+        ("REQUEST_METHOD", method),
+        ("SCRIPT_NAME", ""),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", query),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("REMOTE_PORT", "5555"),
+        ("wsgi.url_scheme", "http"),
+        ("HTTP_HOST", class),
+        ("resumelb.request_class", class),
+    ] {
+        env.insert(k.into(), v.into());
+    }
+    let uri = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    env.insert("REQUEST_URI".into(), uri);
+    env
+}
+
+impl TestLb {
+    pub fn connect(addr: SocketAddr) -> TestLb {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        TestLb {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, msg: &ToWorker) {
+        let mut out = Vec::new();
+        msg.encode(&mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next message, or `None` if the worker closed the connection.
+    pub fn recv(&mut self) -> Option<ToLb> {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match ToLb::decode(&self.buf, DEFAULT_MAX_FRAME).expect("worker sent a bad frame") {
+                Decoded::Complete(m, used) => {
+                    self.buf.drain(..used);
+                    return Some(m);
+                }
+                Decoded::Partial => {}
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read from worker: {e}"),
+            }
+        }
+    }
+
+    /// The next message that is not a keep-alive.
+    pub fn recv_skip_keepalive(&mut self) -> Option<ToLb> {
+        loop {
+            match self.recv()? {
+                ToLb::KeepAlive => continue,
+                m => return Some(m),
+            }
+        }
+    }
+
+    /// Read the greeting: résumé, then hello.
+    pub fn greeting(&mut self) -> (Resume, resumelb::proto::Hello) {
+        let Some(ToLb::Resume(r)) = self.recv() else {
+            panic!("first frame is not a résumé")
+        };
+        let Some(ToLb::Hello(h)) = self.recv() else {
+            panic!("second frame is not a hello")
+        };
+        (r, h)
+    }
+
+    /// Send a whole request.
+    pub fn send_request(&mut self, rno: Rno, env: Environ, body: &[u8]) {
+        let mut out = Vec::new();
+        ToWorker::Environ(rno, env).encode(&mut out).unwrap();
+        resumelb::proto::encode_body(&mut out, rno, body);
+        resumelb::proto::encode_end(&mut out, rno);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// Collect the response for `rno`; frames of other requests and
+    /// connection-level messages go to `others`.
+    pub fn collect(&mut self, rno: Rno, others: &mut Vec<ToLb>) -> Collected {
+        let mut c = Collected::default();
+        loop {
+            let Some(m) = self.recv() else {
+                return c;
+            };
+            match m {
+                ToLb::Head(r, h) if r == rno => c.head = Some(h),
+                ToLb::Body(r, b) if r == rno => c.body.extend(b),
+                ToLb::End(r) if r == rno => {
+                    c.ended = true;
+                    return c;
+                }
+                ToLb::Abort(r) if r == rno => {
+                    c.aborted = true;
+                    return c;
+                }
+                ToLb::KeepAlive => {}
+                other => others.push(other),
+            }
+        }
+    }
+
+    pub fn request(&mut self, rno: Rno, env: Environ, body: &[u8]) -> Collected {
+        self.send_request(rno, env, body);
+        self.collect(rno, &mut Vec::new())
+    }
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("rlb-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// FNV-1a 64, as the demo app reports it.
+pub fn digest(data: &[u8]) -> String {
+    format!(
+        "{:016x}",
+        resumelb::worker::demo::fnv1a(data, resumelb::worker::demo::FNV_OFFSET)
+    )
+}

@@ -1,0 +1,437 @@
+//! `resumelb-worker` end to end: the real binary, real sockets on
+//! 127.0.0.1, a test LB speaking the wire protocol, and a real WSGI server
+//! (waitress) behind the upstream app.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use resumelb::proto::{ToLb, ToWorker};
+
+const T: Duration = Duration::from_secs(15);
+
+#[test]
+fn resume_then_hello_on_every_connection() {
+    let w = start_worker(&["--app", "demo", "--threads", "3"]);
+    for _ in 0..2 {
+        let mut lb = TestLb::connect(w.addr);
+        let (r, h) = lb.greeting();
+        assert!(r.is_empty());
+        assert_eq!(h.protocol, 1);
+        assert_eq!(h.threads, Some(3));
+        assert_eq!(h.pid, Some(w.proc.child.id()));
+    }
+}
+
+#[test]
+fn get_and_post_through_the_demo_app() {
+    let w = start_worker(&["--app", "demo", "--demo-miss-ms", "1"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let r = lb.request(1, environ("GET", "/1_2", "", "a.com"), b"");
+    assert_eq!(r.code(), 200);
+    assert!(r.ended);
+    let j = r.json();
+    assert_eq!(j["objects"], serde_json::json!([1, 2]));
+    assert_eq!(
+        (j["hits"].as_u64(), j["misses"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert_eq!(j["class"], "a.com");
+    let port = w.addr.port().to_string();
+    assert!(j["worker"].as_str().unwrap().ends_with(&format!(":{port}")));
+    let r = lb.request(2, environ("POST", "/2", "", "a.com"), b"hello world");
+    let j = r.json();
+    assert_eq!(j["hits"].as_u64(), Some(1));
+    assert_eq!(j["body_length"].as_u64(), Some(11));
+    assert_eq!(j["body_digest"], digest(b"hello world"));
+}
+
+#[test]
+fn ten_mib_request_and_response_bodies_arrive_intact() {
+    let w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let size = 10 << 20;
+    let body: Vec<u8> = (0..size as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let r = lb.request(
+        1,
+        environ("POST", "/1", &format!("size={size}"), "big"),
+        &body,
+    );
+    assert_eq!(r.code(), 200);
+    assert!(r.ended);
+    assert_eq!(r.body.len(), size);
+    assert!(
+        r.body == resumelb::worker::demo::pattern(0, size),
+        "response body differs"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(r.header("X-Demo-Report").unwrap()).unwrap();
+    assert_eq!(report["body_length"].as_u64(), Some(size as u64));
+    assert_eq!(report["body_digest"], digest(&body));
+}
+
+#[test]
+fn cancel_frees_the_app_thread() {
+    let w = start_worker(&["--app", "demo", "--threads", "1", "--demo-miss-ms", "0"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    // An endless-looking slow stream: 1 GB at 64 KiB every 20 ms.
+    lb.send_request(
+        1,
+        environ("GET", "/", "size=1000000000&chunk_ms=20", "c"),
+        b"",
+    );
+    let Some(ToLb::Head(1, head)) = lb.recv_skip_keepalive() else {
+        panic!("no head")
+    };
+    assert!(head.status.starts_with("200"));
+    let Some(ToLb::Body(1, _)) = lb.recv_skip_keepalive() else {
+        panic!("no body")
+    };
+    lb.send(&ToWorker::Cancel(1));
+    let start = Instant::now();
+    lb.send_request(2, environ("GET", "/", "", "c"), b"");
+    let mut others = Vec::new();
+    let r = lb.collect(2, &mut others);
+    assert_eq!(r.code(), 200, "the only app thread was not freed");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // Nothing ends request 1: it was cancelled, not completed.
+    assert!(!others.iter().any(|m| matches!(m, ToLb::End(1))));
+}
+
+#[test]
+fn app_panic_gives_500_and_head_gets_no_body() {
+    let w = start_worker(&["--app", "demo", "--threads", "1"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let r = lb.request(1, environ("GET", "/", "panic=1", "p"), b"");
+    assert_eq!(r.code(), 500);
+    assert!(r.ended && !r.body.is_empty());
+    let r = lb.request(2, environ("HEAD", "/", "panic=1", "p"), b"");
+    assert_eq!(r.code(), 500);
+    assert!(r.ended);
+    assert!(r.body.is_empty(), "HEAD got a body");
+    let r = lb.request(3, environ("GET", "/", "error=1", "p"), b"");
+    assert_eq!(r.code(), 500);
+    // The one thread lives on.
+    let r = lb.request(4, environ("GET", "/", "", "p"), b"");
+    assert_eq!(r.code(), 200);
+    w.proc.wait_for("1.1: application panicked", T);
+    w.proc.wait_for("1.3: application error", T);
+}
+
+#[test]
+fn body_failure_mid_stream_aborts_the_response() {
+    let w = start_worker(&["--app", "demo"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let r = lb.request(
+        1,
+        environ("GET", "/", "size=300000&abort_after=100000", "x"),
+        b"",
+    );
+    assert_eq!(r.code(), 200);
+    assert!(r.aborted && !r.ended);
+    assert!(r.body.len() < 300_000);
+}
+
+/// Send `n` requests of `class` (query `q`) one after another on `lb`.
+fn run_requests(lb: &mut TestLb, first_rno: u32, n: u32, class: &str, q: &str) -> Vec<ToLb> {
+    let mut others = Vec::new();
+    for i in 0..n {
+        let r = lb.request_collect(first_rno + i, environ("GET", "/", q, class), &mut others);
+        assert_eq!(r.code(), 200);
+    }
+    others
+}
+
+trait RequestCollect {
+    fn request_collect(
+        &mut self,
+        rno: u32,
+        env: resumelb::proto::Environ,
+        others: &mut Vec<ToLb>,
+    ) -> Collected;
+}
+
+impl RequestCollect for TestLb {
+    fn request_collect(
+        &mut self,
+        rno: u32,
+        env: resumelb::proto::Environ,
+        others: &mut Vec<ToLb>,
+    ) -> Collected {
+        self.send_request(rno, env, b"");
+        self.collect(rno, others)
+    }
+}
+
+fn resumes(msgs: &[ToLb]) -> Vec<resumelb::proto::Resume> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            ToLb::Resume(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn resume_after_history_requests_ranks_the_slow_class_lower() {
+    let w = start_worker(&["--app", "demo", "--history", "10", "--demo-miss-ms", "0"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let mut others = run_requests(&mut lb, 1, 5, "fast", "");
+    others.extend(run_requests(&mut lb, 6, 4, "slow", "sleep=30"));
+    assert!(resumes(&others).is_empty(), "résumé before H requests");
+    others.extend(run_requests(&mut lb, 10, 1, "slow", "sleep=30"));
+    // The résumé may trail the last response by a moment.
+    let deadline = Instant::now() + T;
+    while resumes(&others).is_empty() && Instant::now() < deadline {
+        others.push(lb.recv().unwrap());
+    }
+    let r = &resumes(&others)[0];
+    assert_eq!(r.len(), 2);
+    assert!(r["fast"] > r["slow"] * 5.0, "{r:?}");
+    assert!(r["slow"] < 1.0 / 0.03 + 1e-9, "{r:?}");
+}
+
+#[test]
+fn two_lbs_get_the_same_resumes() {
+    let w = start_worker(&["--app", "demo", "--history", "3", "--demo-miss-ms", "0"]);
+    let mut lb1 = TestLb::connect(w.addr);
+    let mut lb2 = TestLb::connect(w.addr);
+    lb1.greeting();
+    lb2.greeting();
+    let mut others = run_requests(&mut lb1, 1, 3, "k", "");
+    let deadline = Instant::now() + T;
+    while resumes(&others).is_empty() && Instant::now() < deadline {
+        others.push(lb1.recv().unwrap());
+    }
+    let Some(ToLb::Resume(r2)) = lb2.recv_skip_keepalive() else {
+        panic!("second LB got no résumé")
+    };
+    assert_eq!(resumes(&others)[0], r2);
+    assert!(r2.contains_key("k"));
+}
+
+#[test]
+fn resume_file_survives_a_restart() {
+    let dir = TempDir::new("resume");
+    let file = dir.path("resume.json");
+    let f = file.to_str().unwrap();
+    let mut w = start_worker(&["--app", "demo", "--history", "4", "--resume-file", f]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let mut others = run_requests(&mut lb, 1, 2, "one", "sleep=5");
+    others.extend(run_requests(&mut lb, 3, 2, "two", "sleep=20"));
+    let deadline = Instant::now() + T;
+    while resumes(&others).is_empty() && Instant::now() < deadline {
+        others.push(lb.recv().unwrap());
+    }
+    let published = resumes(&others).remove(0);
+    let saved = resumelb::resume::load_file(&file).unwrap();
+    assert_eq!(saved, published);
+    drop(lb);
+    w.proc.signal("TERM");
+    assert_eq!(w.proc.wait(T), Some(0));
+
+    let w2 = start_worker(&["--app", "demo", "--history", "4", "--resume-file", f]);
+    let mut lb = TestLb::connect(w2.addr);
+    let (r, _) = lb.greeting();
+    assert_eq!(r.len(), 2);
+    for (class, score) in &published {
+        assert!(
+            (r[class] / score - 1.0).abs() < 1e-9,
+            "{class}: {} vs {score}",
+            r[class]
+        );
+    }
+}
+
+#[test]
+fn corrupt_resume_file_is_logged_and_ignored() {
+    let dir = TempDir::new("corrupt");
+    let file = dir.path("resume.json");
+    std::fs::write(&file, "{not json").unwrap();
+    let w = start_worker(&["--app", "demo", "--resume-file", file.to_str().unwrap()]);
+    w.proc.wait_for("ignoring résumé file", T);
+    let mut lb = TestLb::connect(w.addr);
+    assert!(lb.greeting().0.is_empty());
+}
+
+#[test]
+fn trace_log_records_one_request_in_order() {
+    let dir = TempDir::new("trace");
+    let trace = dir.path("trace.log");
+    let w = start_worker(&["--app", "demo", "--tracelog", trace.to_str().unwrap()]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let r = lb.request(1, environ("POST", "/7", "q=1", "t"), b"12345");
+    assert_eq!(r.code(), 200);
+    let deadline = Instant::now() + T;
+    let text = loop {
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with("E 1.1 ")) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("S 0 "), "{text}");
+    let mine: Vec<(&str, &str)> = lines
+        .iter()
+        .filter_map(|l| {
+            let p: Vec<&str> = l.splitn(4, ' ').collect();
+            (p.len() >= 3 && p[1] == "1.1").then(|| (p[0], p.get(3).copied().unwrap_or("")))
+        })
+        .collect();
+    let codes: Vec<&str> = mine.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes, ["B", "I", "C", "A", "E"], "{text}");
+    assert_eq!(mine[0].1, "POST /7?q=1");
+    assert_eq!(mine[1].1, "5");
+    assert!(mine[3].1.starts_with("200 "), "{text}");
+}
+
+#[test]
+fn sigterm_drains_and_finishes_the_request_in_flight() {
+    let mut w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    lb.send_request(1, environ("GET", "/", "sleep=1500", "s"), b"");
+    std::thread::sleep(Duration::from_millis(300));
+    w.proc.signal("TERM");
+    assert!(matches!(lb.recv_skip_keepalive(), Some(ToLb::Drain)));
+    let r = lb.collect(1, &mut Vec::new());
+    assert_eq!(r.code(), 200);
+    assert!(r.ended);
+    drop(lb);
+    assert_eq!(w.proc.wait(T), Some(0));
+    // No longer accepting.
+    assert!(std::net::TcpStream::connect(w.addr).is_err());
+}
+
+#[test]
+fn garbage_closes_only_that_connection() {
+    let w = start_worker(&["--app", "demo"]);
+    let mut bad = TestLb::connect(w.addr);
+    let mut good = TestLb::connect(w.addr);
+    bad.greeting();
+    good.greeting();
+    // A frame of length 2 holding a stray break byte and a null.
+    bad.send_raw(&[0, 0, 0, 1, 0, 0, 0, 2, 0xff, 0xf6]);
+    let mut closed = false;
+    while let Some(m) = bad.recv() {
+        assert!(matches!(m, ToLb::KeepAlive), "{m:?}");
+    }
+    closed |= true;
+    assert!(closed);
+    w.proc.wait_for("protocol error from LB", T);
+    let r = good.request(1, environ("GET", "/", "", "g"), b"");
+    assert_eq!(r.code(), 200);
+}
+
+/// The Python with waitress that `make test` prepares.
+fn python() -> String {
+    if let Ok(p) = std::env::var("RLB_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "no {venv}: run `make test` (it creates the virtualenv with waitress)"
+    );
+    venv.to_string()
+}
+
+struct Waitress {
+    /// Killed on drop.
+    _proc: Proc,
+    port: u16,
+}
+
+fn start_waitress() -> Waitress {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wsgi_app.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start waitress");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("waitress said {line:?}"));
+    Waitress {
+        _proc: Proc {
+            child,
+            lines: Default::default(),
+        },
+        port,
+    }
+}
+
+#[test]
+fn upstream_app_in_front_of_waitress() {
+    let ws = start_waitress();
+    let app = format!("upstream:127.0.0.1:{}", ws.port);
+    let w = start_worker(&["--app", &app, "--threads", "2"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+
+    let mut env = environ("POST", "/echo", "a=1&b=2", "example.com");
+    env.insert("HTTP_X_TEST".into(), "yes".into());
+    env.insert("REMOTE_ADDR".into(), "10.1.2.3".into());
+    env.insert("HTTP_CONNECTION".into(), "keep-alive".into());
+    env.insert("CONTENT_TYPE".into(), "text/plain".into());
+    let r = lb.request(1, env, b"some body");
+    assert_eq!(r.code(), 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["query"], "a=1&b=2");
+    assert_eq!(j["host"], "example.com");
+    assert_eq!(j["x_test"], "yes");
+    assert_eq!(
+        j["remote_addr"], "10.1.2.3",
+        "X-Forwarded-For not passed on"
+    );
+    assert_eq!(j["connection"], serde_json::Value::Null);
+    assert_eq!(j["content_type"], "text/plain");
+    assert_eq!(j["body_digest"], digest(b"some body"));
+
+    // A streamed (chunked) response and a sized one, both intact.
+    let size = 3 * 65536 + 123;
+    for (rno, path) in [(2, "/big"), (3, "/sized")] {
+        let r = lb.request(rno, environ("GET", path, &format!("size={size}"), "x"), b"");
+        assert_eq!(r.code(), 200);
+        assert!(r.ended);
+        assert!(r.body == resumelb::worker::demo::pattern(0, size), "{path}");
+        assert!(r.header("Transfer-Encoding").is_none());
+    }
+    // HEAD: head only.
+    let r = lb.request(4, environ("HEAD", "/sized", "size=10", "x"), b"");
+    assert_eq!(r.code(), 200);
+    assert!(r.ended && r.body.is_empty());
+    let r = lb.request(5, environ("GET", "/nothing", "", "x"), b"");
+    assert_eq!(r.code(), 404);
+    assert_eq!(r.body, b"not found");
+
+    // Upstream gone: 502 from the worker, logged.
+    drop(ws);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = lb.request(6, environ("GET", "/echo", "", "x"), b"");
+    assert_eq!(r.code(), 502);
+    w.proc.wait_for("upstream", T);
+}
