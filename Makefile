@@ -1,17 +1,20 @@
-# resumelb: build, test and benchmark targets. `make test` is what CI runs.
+# resumelb: build, test and benchmark targets. `make test` is what CI runs;
+# it installs what the tests need (a virtualenv with waitress, mandoc).
 
 CARGO ?= cargo
+PYTHON ?= python3
+VENV ?= .venv
 PREFIX ?= /usr/local
 
-.PHONY: all build test lint fmt-check clippy unit bench-pool clean
+.PHONY: all build test fmt-check clippy unit man-lint deps bench-pool clean
 
 all: build
 
 build:
 	$(CARGO) build --release
 
-## The whole check: formatting, lints, every test.
-test: fmt-check clippy unit
+## The whole check: formatting, lints, man pages, every test.
+test: deps fmt-check clippy man-lint unit
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -20,7 +23,22 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test
+	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test
+
+man-lint:
+	mandoc -Tlint -W warning man/*.1 man/*.7
+
+## Test dependencies: waitress (the WSGI server behind the upstream app
+## tests) in a virtualenv, and mandoc for the man page lint.
+deps: $(VENV)/.installed
+	@command -v mandoc >/dev/null || { \
+	  echo "installing mandoc"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc; }
+
+$(VENV)/.installed:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q waitress
+	touch $@
 
 ## Pool speed: the last line is `pool get+put: <N> ns`.
 bench-pool:
@@ -28,3 +46,4 @@ bench-pool:
 
 clean:
 	$(CARGO) clean
+	rm -rf $(VENV)

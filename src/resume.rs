@@ -370,9 +370,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rlb-resume-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("resume.json");
-        let r: Resume = [("a.com".to_string(), 12.5), ("b".to_string(), 0.25)]
-            .into_iter()
-            .collect();
+        // 100.26180218555547 needs exact float parsing to come back as is.
+        let r: Resume = [
+            ("a.com".to_string(), 12.5),
+            ("b".to_string(), 0.25),
+            ("c".to_string(), 100.26180218555547),
+        ]
+        .into_iter()
+        .collect();
         save_file(&path, &r).unwrap();
         assert_eq!(load_file(&path).unwrap(), r);
         // No temporary file is left beside it.

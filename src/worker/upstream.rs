@@ -320,6 +320,11 @@ fn read_head(conn: &mut Conn, head_request: bool) -> io::Result<Head> {
             continue;
         }
         out.retain(|(n, _)| !listed.contains(&n.to_ascii_lowercase()));
+        if head_request {
+            // Some servers (waitress among them) send the body of a GET in
+            // answer to HEAD; the connection cannot be trusted after it.
+            close = true;
+        }
         let framing = if head_request || code == 204 || code == 304 {
             Framing::None
         } else if chunked {
