@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod cli;
+pub mod http;
 pub mod pool;
 pub mod proto;
 pub mod resume;
