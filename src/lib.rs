@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod cli;
 pub mod http;
+pub mod lb;
 pub mod pool;
 pub mod proto;
 pub mod resume;

@@ -6,147 +6,52 @@
 //! end. Applications may add their own codes through [`Trace`].
 
 use std::fmt::Display;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
-
+use crate::util::linelog::LineLog;
 use crate::util::time::utc_timestamp;
-
-const QUEUE: usize = 65_536;
-
-enum Cmd {
-    Line(String),
-    Reopen,
-    Flush(Sender<()>),
-}
 
 /// A handle on the trace log (cheap to clone; disabled handles do nothing).
 #[derive(Clone, Default)]
 pub struct TraceLog {
-    inner: Option<Arc<Inner>>,
-}
-
-struct Inner {
-    tx: Sender<Cmd>,
-    dropped: AtomicU64,
-}
-
-enum Target {
-    Stderr,
-    File(PathBuf),
-}
-
-impl Target {
-    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
-        Ok(match self {
-            Target::Stderr => Box::new(io::stderr()),
-            Target::File(p) => Box::new(io::BufWriter::new(open_append(p)?)),
-        })
-    }
-}
-
-fn open_append(p: &PathBuf) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(p)
+    log: LineLog,
 }
 
 impl TraceLog {
     /// A trace log that records nothing.
     pub fn disabled() -> TraceLog {
-        TraceLog { inner: None }
+        TraceLog::default()
     }
 
     /// Open `-` (stderr) or a file (appended to), and start its writer.
-    pub fn open(target: &str) -> io::Result<TraceLog> {
-        let target = if target == "-" {
-            Target::Stderr
-        } else {
-            Target::File(PathBuf::from(target))
-        };
-        let mut out = target.open()?;
-        let (tx, rx) = bounded::<Cmd>(QUEUE);
-        std::thread::Builder::new()
-            .name("tracelog".into())
-            .spawn(move || {
-                while let Ok(cmd) = rx.recv() {
-                    let mut next = Some(cmd);
-                    while let Some(cmd) = next.take() {
-                        match cmd {
-                            Cmd::Line(l) => {
-                                if let Err(e) = out.write_all(l.as_bytes()) {
-                                    log::error!("trace log write failed: {e}");
-                                }
-                            }
-                            Cmd::Reopen => {
-                                let _ = out.flush();
-                                match target.open() {
-                                    Ok(o) => out = o,
-                                    Err(e) => log::error!("cannot reopen trace log: {e}"),
-                                }
-                            }
-                            Cmd::Flush(ack) => {
-                                let _ = out.flush();
-                                let _ = ack.send(());
-                            }
-                        }
-                        next = rx.try_recv().ok();
-                    }
-                    let _ = out.flush();
-                }
-            })?;
+    pub fn open(target: &str) -> std::io::Result<TraceLog> {
         Ok(TraceLog {
-            inner: Some(Arc::new(Inner {
-                tx,
-                dropped: AtomicU64::new(0),
-            })),
+            log: LineLog::open(target, "tracelog")?,
         })
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.inner.is_some()
+        self.log.is_enabled()
     }
 
     /// Write one record.
     pub fn record(&self, code: char, id: impl Display, message: impl Display) {
-        let Some(inner) = &self.inner else { return };
+        if !self.is_enabled() {
+            return;
+        }
         let ts = utc_timestamp(SystemTime::now(), 6);
         let line = format!("{code} {id} {ts} {message}");
-        let line = format!("{}\n", line.trim_end());
-        match inner.tx.try_send(Cmd::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let n = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == 1 || n % 10_000 == 0 {
-                    log::warn!("trace log is behind: {n} records dropped so far");
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
+        self.log.line(format!("{}\n", line.trim_end()));
     }
 
     /// Reopen the file (after log rotation renamed it).
     pub fn reopen(&self) {
-        if let Some(inner) = &self.inner {
-            let _ = inner.tx.send_timeout(Cmd::Reopen, Duration::from_secs(1));
-        }
+        self.log.reopen();
     }
 
     /// Wait (up to a second) until everything recorded so far is written.
     pub fn flush(&self) {
-        if let Some(inner) = &self.inner {
-            let (ack_tx, ack_rx) = bounded(1);
-            if inner
-                .tx
-                .send_timeout(Cmd::Flush(ack_tx), Duration::from_secs(1))
-                .is_ok()
-            {
-                let _ = ack_rx.recv_timeout(Duration::from_secs(1));
-            }
-        }
+        self.log.flush();
     }
 
     /// A handle for one request, with its id.

@@ -2,7 +2,9 @@
 //! module per command, and the one place where errors become exit codes
 //! (0 success, 1 failure, 2 usage error, as zdaemon expects).
 
+pub mod get_lb_status;
 pub mod get_worker_resume;
+pub mod lb;
 pub mod worker;
 
 use std::fmt::Display;

@@ -111,7 +111,11 @@ impl ChunkedDecoder {
                     if self.line_byte(b)?.is_some() {
                         let n = parse_size(&self.line)?;
                         self.line.clear();
-                        self.state = if n == 0 { State::Trailer } else { State::Data(n) };
+                        self.state = if n == 0 {
+                            State::Trailer
+                        } else {
+                            State::Data(n)
+                        };
                     }
                 }
                 State::Data(left) => {
@@ -119,7 +123,11 @@ impl ChunkedDecoder {
                     out(&input[i..i + take]);
                     i += take;
                     let left = left - take as u64;
-                    self.state = if left == 0 { State::DataCr } else { State::Data(left) };
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data(left)
+                    };
                 }
                 State::DataCr => {
                     if input[i] != b'\r' {
@@ -204,8 +212,8 @@ mod tests {
             b"5\nhello\r\n0\r\n\r\n",    // bare LF
             b"5\r\nhelloX\r\n",          // data not followed by CRLF
             b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n",
-            b"5\rx",                     // bare CR
-            b"\r\n",                     // empty size
+            b"5\rx", // bare CR
+            b"\r\n", // empty size
         ];
         for c in cases {
             let mut d = ChunkedDecoder::new();

@@ -243,10 +243,10 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
                     conn_keep_alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case("expect") {
-            if value.trim().eq_ignore_ascii_case("100-continue") {
-                expect_continue = true;
-            }
+        } else if name.eq_ignore_ascii_case("expect")
+            && value.trim().eq_ignore_ascii_case("100-continue")
+        {
+            expect_continue = true;
         }
         hs.push((name.to_string(), value));
     }
@@ -273,7 +273,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         } else {
             // The final coding is not chunked: the length is unknowable.
             return Err(HttpError {
-                status: if te.iter().any(|t| t == "chunked") { 400 } else { 501 },
+                status: if te.iter().any(|t| t == "chunked") {
+                    400
+                } else {
+                    501
+                },
                 why: "unsupported transfer coding",
             });
         }
@@ -342,16 +346,23 @@ mod tests {
 
     #[test]
     fn framing_and_connection() {
-        let (h, _) = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        let (h, _) =
+            parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(h.body, BodyFraming::Sized(5));
         let (h, _) = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.body, BodyFraming::Chunked);
         assert!(h.expect_continue);
         let (h, _) = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        let (h, _) = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        let (h, _) = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.keep_alive);
-        let (h, _) = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let (h, _) = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.keep_alive);
     }
 
@@ -391,15 +402,23 @@ mod tests {
         assert_eq!(status(&long_line), 414);
         let unfinished_line = format!("GET /{}", "a".repeat(9000));
         assert_eq!(status(&unfinished_line), 414);
-        let big_head = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n", "b".repeat(70_000));
+        let big_head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n",
+            "b".repeat(70_000)
+        );
         assert_eq!(status(&big_head), 431);
         let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(status(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")), 431);
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            431
+        );
     }
 
     #[test]
     fn absolute_form_and_percent_decoding() {
-        let (h, _) = parse("GET http://example.com/x%2fy?q HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap().unwrap();
+        let (h, _) = parse("GET http://example.com/x%2fy?q HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.path, "/x/y");
         assert_eq!(h.query, "q");
         assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");

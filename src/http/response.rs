@@ -48,9 +48,8 @@ const HOP_BY_HOP: [&str; 9] = [
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Turn a worker's response head into the client's. An invalid head from
@@ -69,12 +68,19 @@ pub fn plan(ask: Ask, head: &ResponseHead) -> Result<Planned, &'static str> {
         // Interim responses are not relayed; the worker must send a final one.
         return Err("interim or invalid status from worker");
     }
-    if status_text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+    if status_text
+        .bytes()
+        .any(|b| b == b'\r' || b == b'\n' || b == 0)
+    {
         return Err("control character in worker status");
     }
     let mut length: Option<u64> = None;
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(if ask.minor == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(if ask.minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.extend_from_slice(&to_latin1(status_text));
     out.extend_from_slice(b"\r\n");
     for (name, value) in &head.headers {
@@ -134,13 +140,7 @@ pub fn plan(ask: Ask, head: &ResponseHead) -> Result<Planned, &'static str> {
 }
 
 /// A complete response of the LB's own (errors, 503, 502 page).
-pub fn simple(
-    ask: Ask,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    keep_alive: bool,
-) -> Vec<u8> {
+pub fn simple(ask: Ask, status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + body.len());
     let version = if ask.minor == 0 { "1.0" } else { "1.1" };
     out.extend_from_slice(
@@ -201,18 +201,28 @@ mod tests {
 
     #[test]
     fn sized_chunked_and_close_delimited() {
-        let p = plan(ASK11, &head("200 OK", &[("Content-Length", "5"), ("Connection", "x")])).unwrap();
+        let p = plan(
+            ASK11,
+            &head("200 OK", &[("Content-Length", "5"), ("Connection", "x")]),
+        )
+        .unwrap();
         assert_eq!(p.framing, Framing::Sized(5));
         assert_eq!(p.head, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
         let p = plan(ASK11, &head("200 OK", &[("Transfer-Encoding", "chunked")])).unwrap();
         assert_eq!(p.framing, Framing::Chunked);
-        assert_eq!(p.head, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            p.head,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
         let ask10 = Ask { minor: 0, ..ASK11 };
         let p = plan(ask10, &head("200 OK", &[])).unwrap();
         assert_eq!(p.framing, Framing::UntilClose);
         assert!(!p.keep_alive);
         assert_eq!(p.head, b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
-        let head_only = Ask { head_only: true, ..ASK11 };
+        let head_only = Ask {
+            head_only: true,
+            ..ASK11
+        };
         let p = plan(head_only, &head("200 OK", &[("Content-Length", "5")])).unwrap();
         assert_eq!(p.framing, Framing::None);
         let p = plan(ASK11, &head("304 Not Modified", &[])).unwrap();
@@ -228,7 +238,10 @@ mod tests {
             head("200 OK\r\nX: y", &[]),
             head("200 OK", &[("X-A", "a\r\nSet-Cookie: evil")]),
             head("200 OK", &[("Bad Name", "a")]),
-            head("200 OK", &[("Content-Length", "5"), ("Content-Length", "6")]),
+            head(
+                "200 OK",
+                &[("Content-Length", "5"), ("Content-Length", "6")],
+            ),
             head("200 OK", &[("Content-Length", "five")]),
         ] {
             assert!(plan(ASK11, &h).is_err(), "{h:?}");

@@ -1,6 +1,7 @@
 //! Small shared helpers: stderr logger, time formatting, spill buffers,
 //! signal delivery to event loops.
 
+pub mod linelog;
 pub mod logger;
 pub mod signals;
 pub mod slab;

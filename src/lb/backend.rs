@@ -1,0 +1,467 @@
+//! The LB's side of worker connections: connect and reconnect, keep-alives,
+//! the dead-worker timeout, request numbers, routing response frames to
+//! clients, and what happens to requests in flight when a worker is lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::time::{Instant, SystemTime};
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::io::{token, Conn, Loop};
+use crate::pool::WorkerId;
+use crate::proto::{encode_null, Decoded, Hello, Rno, ToLb, DEFAULT_MAX_FRAME};
+use crate::worker::resolve;
+
+/// Bytes queued for a worker before request bodies wait.
+pub(super) const WBUF_CAP: usize = 1 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A request in flight on a worker connection.
+pub(super) struct Inflight {
+    pub client_slot: usize,
+    pub client_id: u64,
+    pub started: SystemTime,
+}
+
+pub(super) struct WorkerConn {
+    /// Unique per connection; also the worker's id in the pool.
+    pub id: u64,
+    pub addr: String,
+    pub stream: TcpStream,
+    pub connected: bool,
+    rbuf: Vec<u8>,
+    pub wbuf: Vec<u8>,
+    wpos: usize,
+    /// In the pool (its first résumé arrived).
+    pub joined: bool,
+    /// Said "drain": no new requests; closed when idle.
+    pub draining: bool,
+    pub hello: Option<Hello>,
+    next_rno: Rno,
+    pub inflight: HashMap<Rno, Inflight>,
+    /// Requests whose body is still to be sent, in order.
+    pub sending: VecDeque<Rno>,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+impl WorkerConn {
+    pub(super) fn unsent(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    pub(super) fn has_room(&self) -> bool {
+        self.unsent() < WBUF_CAP
+    }
+
+    /// The next free request number (1 … 2³²−1, wrapping, never in flight).
+    pub(super) fn take_rno(&mut self) -> Rno {
+        loop {
+            self.next_rno = self.next_rno.wrapping_add(1);
+            if self.next_rno != 0 && !self.inflight.contains_key(&self.next_rno) {
+                return self.next_rno;
+            }
+        }
+    }
+
+    pub(super) fn wid(&self) -> WorkerId {
+        WorkerId(self.id)
+    }
+}
+
+impl Loop {
+    pub(super) fn worker(&mut self, slot: usize) -> Option<&mut WorkerConn> {
+        match self.conns.get_mut(slot) {
+            Some(Conn::Worker(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Open connections to configured addresses that have none and whose
+    /// retry time has come.
+    pub(super) fn connect_due(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let due: Vec<String> = self
+            .addrs
+            .iter()
+            .filter(|(_, a)| a.slot.is_none() && a.retry_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for addr in due {
+            let retry = now + self.cfg.reconnect_interval;
+            let sa = match resolve(&addr) {
+                Ok(sa) => sa,
+                Err(e) => {
+                    log::warn!("worker {addr}: {e}");
+                    if let Some(a) = self.addrs.get_mut(&addr) {
+                        a.retry_at = retry;
+                    }
+                    continue;
+                }
+            };
+            let stream = match TcpStream::connect(sa) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("worker {addr}: connect failed: {e}");
+                    if let Some(a) = self.addrs.get_mut(&addr) {
+                        a.retry_at = retry;
+                    }
+                    continue;
+                }
+            };
+            let id = self.new_id();
+            let slot = self.conns.insert(Conn::Worker(Box::new(WorkerConn {
+                id,
+                addr: addr.clone(),
+                stream,
+                connected: false,
+                rbuf: Vec::new(),
+                wbuf: Vec::new(),
+                wpos: 0,
+                joined: false,
+                draining: false,
+                hello: None,
+                next_rno: 0,
+                inflight: HashMap::new(),
+                sending: VecDeque::new(),
+                last_read: now,
+                last_write: now,
+            })));
+            let registered = match self.conns.get_mut(slot) {
+                Some(Conn::Worker(w)) => self
+                    .poll
+                    .registry()
+                    .register(
+                        &mut w.stream,
+                        token(slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_ok(),
+                _ => false,
+            };
+            if !registered {
+                self.conns.remove(slot);
+                if let Some(a) = self.addrs.get_mut(&addr) {
+                    a.retry_at = retry;
+                }
+                continue;
+            }
+            self.by_wid.insert(id, slot);
+            if let Some(a) = self.addrs.get_mut(&addr) {
+                a.slot = Some(slot);
+                a.retry_at = retry;
+            }
+        }
+    }
+
+    pub(super) fn worker_event(&mut self, slot: usize, readable: bool, writable: bool) {
+        let Some(w) = self.worker(slot) else { return };
+        if !w.connected {
+            // A non-blocking connect finished, one way or the other.
+            match w.stream.take_error() {
+                Ok(None) if w.stream.peer_addr().is_ok() => {
+                    w.connected = true;
+                    let _ = w.stream.set_nodelay(true);
+                    w.last_read = Instant::now();
+                    log::info!("connected to worker {}", w.addr);
+                }
+                Ok(None) if !readable && !writable => return,
+                Ok(Some(e)) | Err(e) => {
+                    let why = format!("connect failed: {e}");
+                    self.close_worker(slot, &why, true);
+                    return;
+                }
+                Ok(None) => {
+                    self.close_worker(slot, "connect failed", true);
+                    return;
+                }
+            }
+        }
+        if readable {
+            self.worker_read(slot);
+        }
+        if writable {
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn worker_read(&mut self, slot: usize) {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let Some(w) = self.worker(slot) else { return };
+            match w.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.close_worker(slot, "closed by the worker", true);
+                    return;
+                }
+                Ok(n) => {
+                    w.rbuf.extend_from_slice(&chunk[..n]);
+                    w.last_read = Instant::now();
+                    if let Err(why) = self.worker_frames(slot) {
+                        let addr = self
+                            .worker(slot)
+                            .map(|w| w.addr.clone())
+                            .unwrap_or_default();
+                        log::error!("protocol error from worker {addr}: {why}");
+                        self.close_worker(slot, &format!("protocol error: {why}"), true);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_worker(slot, &format!("read failed: {e}"), true);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handle every whole frame in a worker's read buffer.
+    fn worker_frames(&mut self, slot: usize) -> Result<(), String> {
+        let mut pos = 0;
+        let result = loop {
+            let Some(w) = self.worker(slot) else {
+                return Ok(());
+            };
+            let msg = match ToLb::decode(&w.rbuf[pos..], DEFAULT_MAX_FRAME) {
+                Ok(Decoded::Complete(m, used)) => {
+                    pos += used;
+                    m
+                }
+                Ok(Decoded::Partial) => break Ok(()),
+                Err(e) => break Err(e.to_string()),
+            };
+            if let Err(e) = self.worker_message(slot, msg) {
+                break Err(e);
+            }
+        };
+        if let Some(w) = self.worker(slot) {
+            w.rbuf.drain(..pos.min(w.rbuf.len()));
+        }
+        result
+    }
+
+    fn worker_message(&mut self, slot: usize, msg: ToLb) -> Result<(), String> {
+        let Some(w) = self.worker(slot) else {
+            return Ok(());
+        };
+        let wid = w.wid();
+        match msg {
+            ToLb::KeepAlive | ToLb::Unknown(_) => {}
+            ToLb::Hello(h) => w.hello = Some(h),
+            ToLb::Resume(r) => {
+                if w.draining {
+                    return Ok(());
+                }
+                let first = !w.joined;
+                w.joined = true;
+                let addr = w.addr.clone();
+                let version = self.addrs.get(&addr).and_then(|a| a.version.clone());
+                if first {
+                    log::info!("worker {addr} joined with {} classes", r.len());
+                }
+                self.balancer.new_resume(wid, version.as_deref(), r);
+                if first {
+                    self.serve_waiting();
+                }
+            }
+            ToLb::Drain => {
+                if !w.draining {
+                    w.draining = true;
+                    log::info!("worker {} is draining", w.addr);
+                    self.balancer.remove(wid);
+                    self.close_if_drained(slot);
+                }
+            }
+            ToLb::Head(rno, head) => {
+                if let Some(c) = self.inflight_client(slot, rno) {
+                    self.response_head(c, head);
+                }
+            }
+            ToLb::Body(rno, data) => {
+                if let Some(c) = self.inflight_client(slot, rno) {
+                    self.response_body(c, &data);
+                }
+            }
+            ToLb::End(rno) => {
+                if let Some(c) = self.end_inflight(slot, rno) {
+                    self.response_end(c);
+                }
+            }
+            ToLb::Abort(rno) => {
+                if let Some(c) = self.end_inflight(slot, rno) {
+                    self.response_abort(c, "the worker aborted the response");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The client slot of a request in flight, if it is still there.
+    fn inflight_client(&mut self, slot: usize, rno: Rno) -> Option<usize> {
+        let w = self.worker(slot)?;
+        let f = w.inflight.get(&rno)?;
+        let (cs, cid) = (f.client_slot, f.client_id);
+        if self.client_is(cs, cid) {
+            Some(cs)
+        } else {
+            None
+        }
+    }
+
+    /// The worker's part of a request is over: forget it and put the worker
+    /// back. Returns the client slot if the client is still there.
+    fn end_inflight(&mut self, slot: usize, rno: Rno) -> Option<usize> {
+        let w = self.worker(slot)?;
+        let f = w.inflight.remove(&rno)?;
+        w.sending.retain(|&r| r != rno);
+        let wid = w.wid();
+        self.balancer.put(wid);
+        self.close_if_drained(slot);
+        self.client_is(f.client_slot, f.client_id)
+            .then_some(f.client_slot)
+    }
+
+    /// Cancel a request on its worker (the client went away or timed out).
+    pub(super) fn cancel_on_worker(&mut self, wslot: usize, rno: Rno) {
+        let Some(w) = self.worker(wslot) else { return };
+        if w.inflight.remove(&rno).is_none() {
+            return;
+        }
+        w.sending.retain(|&r| r != rno);
+        encode_null(&mut w.wbuf, rno);
+        let wid = w.wid();
+        self.balancer.put(wid);
+        self.mark_dirty(wslot);
+        self.close_if_drained(wslot);
+    }
+
+    fn close_if_drained(&mut self, slot: usize) {
+        if let Some(w) = self.worker(slot) {
+            if w.draining && w.inflight.is_empty() {
+                self.close_worker(slot, "drained", true);
+            }
+        }
+    }
+
+    /// Close a worker connection. Requests in flight end at once: retried
+    /// or answered 502 (before their head went out), or cut off (after).
+    pub(super) fn close_worker(&mut self, slot: usize, why: &str, reconnect: bool) {
+        let Some(Conn::Worker(mut w)) = self.conns.remove(slot) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut w.stream);
+        self.by_wid.remove(&w.id);
+        if w.joined || w.connected {
+            log::info!("worker {} disconnected: {why}", w.addr);
+        } else {
+            log::debug!("worker {}: {why}", w.addr);
+        }
+        let wid = w.wid();
+        let lost: Vec<(usize, u64)> = w
+            .inflight
+            .drain()
+            .map(|(_, f)| (f.client_slot, f.client_id))
+            .collect();
+        for _ in &lost {
+            self.balancer.put(wid);
+        }
+        self.balancer.remove(wid);
+        if let Some(a) = self.addrs.get_mut(&w.addr) {
+            if a.slot == Some(slot) {
+                a.slot = None;
+                if !reconnect {
+                    a.retry_at = Instant::now();
+                }
+            }
+        }
+        for (cs, cid) in lost {
+            if self.client_is(cs, cid) {
+                self.worker_lost_for(cs);
+            }
+        }
+    }
+
+    pub(super) fn worker_flush(&mut self, slot: usize) {
+        self.pump_bodies(slot);
+        let Some(w) = self.worker(slot) else { return };
+        if !w.connected {
+            return;
+        }
+        let result = loop {
+            if w.wpos == w.wbuf.len() {
+                w.wbuf.clear();
+                w.wpos = 0;
+                break Ok(());
+            }
+            match w.stream.write(&w.wbuf[w.wpos..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    w.wpos += n;
+                    w.last_write = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if w.wpos >= READ_CHUNK {
+                        w.wbuf.drain(..w.wpos);
+                        w.wpos = 0;
+                    }
+                    break Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Err(e) => self.close_worker(slot, &format!("write failed: {e}"), true),
+            Ok(()) => {
+                // Room again: more request bodies can go.
+                let more = self
+                    .worker(slot)
+                    .is_some_and(|w| !w.sending.is_empty() && w.has_room());
+                if more {
+                    self.mark_dirty(slot);
+                }
+            }
+        }
+    }
+
+    pub(super) fn worker_tick(&mut self, now: Instant) {
+        let keepalive = self.cfg.keepalive;
+        let dead = self.cfg.dead_worker_timeout;
+        let mut to_close = Vec::new();
+        let mut to_flush = Vec::new();
+        for (slot, c) in self.conns.iter_mut() {
+            let Conn::Worker(w) = c else { continue };
+            if now.duration_since(w.last_read) >= dead {
+                to_close.push((
+                    slot,
+                    if w.connected {
+                        "dead-worker timeout"
+                    } else {
+                        "connect timeout"
+                    },
+                ));
+                continue;
+            }
+            if w.connected && w.unsent() == 0 && now.duration_since(w.last_write) >= keepalive {
+                encode_null(&mut w.wbuf, 0);
+                to_flush.push(slot);
+            }
+        }
+        for slot in to_flush {
+            self.mark_dirty(slot);
+        }
+        for (slot, why) in to_close {
+            if let Some(w) = self.worker(slot) {
+                log::warn!("worker {}: {why}", w.addr);
+            }
+            self.close_worker(slot, why, true);
+        }
+        self.connect_due(now);
+    }
+}

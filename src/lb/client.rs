@@ -1,0 +1,885 @@
+//! Client connections: reading and checking requests, sending them to a
+//! worker (or making them wait for one), writing responses in order, and
+//! every way an exchange can end (done, refused, retried, timed out, cut).
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Instant, SystemTime};
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::environ;
+use super::io::{token, Conn, Loop};
+use super::outbuf::OutBuf;
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::{parse_head, BodyFraming, Limits, RequestHead};
+use crate::http::response::{chunk, plan, simple, Ask, Framing, LAST_CHUNK};
+use crate::http::{reason, HttpError};
+use crate::proto::{
+    encode_body, encode_end, encode_environ, Environ, ResponseHead, Rno, MAX_CHUNK,
+};
+use crate::util::spill::{BodyReader, SpillBuffer};
+use crate::util::time::clf_date;
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Response bytes waiting for a client before its next request is read.
+const OUT_LIMIT: u64 = 1 << 20;
+/// Attempts for a retryable request before it gets 502.
+const MAX_ATTEMPTS: u32 = 5;
+
+enum Reading {
+    Sized(u64),
+    Chunked(ChunkedDecoder),
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Phase {
+    /// Reading the request body.
+    Body,
+    /// Complete, waiting for a worker since then.
+    Waiting(Instant),
+    /// On a worker.
+    Forwarded {
+        wslot: usize,
+        rno: Rno,
+        head_sent: bool,
+    },
+}
+
+/// One request and its response.
+pub(super) struct Exchange {
+    head: RequestHead,
+    ask: Ask,
+    class: String,
+    environ: Environ,
+    reading: Reading,
+    body: Option<SpillBuffer>,
+    pub reader: Option<BodyReader>,
+    body_len: u64,
+    pub phase: Phase,
+    started: Instant,
+    wall: SystemTime,
+    attempts: u32,
+    status: u16,
+    sent_body: u64,
+    framing: Framing,
+    sized_left: u64,
+    last_progress: Instant,
+}
+
+impl Exchange {
+    fn retryable(&self) -> bool {
+        matches!(self.head.method.as_str(), "GET" | "HEAD")
+            && self.body_len == 0
+            && self.attempts < MAX_ATTEMPTS
+    }
+}
+
+pub(super) struct Client {
+    pub id: u64,
+    pub stream: TcpStream,
+    peer: SocketAddr,
+    rbuf: Vec<u8>,
+    pub out: OutBuf,
+    pub ex: Option<Exchange>,
+    /// No more requests: close once the output is out.
+    close_after: bool,
+    /// Close with a reset (the response is incomplete).
+    reset: bool,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+fn rbuf_limit() -> usize {
+    Limits::default().max_head + READ_CHUNK
+}
+
+/// Close with RST, so that even a close-delimited body reads as cut off.
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor we own, with a correctly sized value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+enum Timeout {
+    Close(&'static str),
+    Status(u16),
+    Cut,
+}
+
+impl Loop {
+    pub(super) fn client(&mut self, slot: usize) -> Option<&mut Client> {
+        match self.conns.get_mut(slot) {
+            Some(Conn::Client(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(super) fn client_is(&self, slot: usize, id: u64) -> bool {
+        matches!(self.conns.get(slot), Some(Conn::Client(c)) if c.id == id)
+    }
+
+    pub(super) fn add_client(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        let id = self.new_id();
+        let slot = self.conns.insert(Conn::Client(Box::new(Client {
+            id,
+            stream,
+            peer,
+            rbuf: Vec::new(),
+            out: OutBuf::new(self.cfg.client_mem_cap),
+            ex: None,
+            close_after: false,
+            reset: false,
+            last_read: now,
+            last_write: now,
+        })));
+        let ok = match self.conns.get_mut(slot) {
+            Some(Conn::Client(c)) => self
+                .poll
+                .registry()
+                .register(
+                    &mut c.stream,
+                    token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_ok(),
+            _ => false,
+        };
+        if !ok {
+            self.conns.remove(slot);
+            return;
+        }
+        self.clients += 1;
+        if self.clients >= self.cfg.max_connections {
+            log::warn!("{} connections: accepting paused", self.clients);
+            self.pause_accepting();
+        }
+        self.client_pull(slot);
+    }
+
+    pub(super) fn client_event(&mut self, slot: usize, readable: bool, writable: bool) {
+        if readable {
+            self.client_pull(slot);
+        }
+        if writable {
+            self.mark_dirty(slot);
+        }
+    }
+
+    /// Parse what has arrived, then read more while more is wanted.
+    fn client_pull(&mut self, slot: usize) {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            self.client_advance(slot);
+            let Some(c) = self.client(slot) else { return };
+            if c.close_after || c.rbuf.len() >= rbuf_limit() {
+                return;
+            }
+            match c.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.client_eof(slot);
+                    return;
+                }
+                Ok(n) => {
+                    c.rbuf.extend_from_slice(&chunk[..n]);
+                    c.last_read = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.client_gone(slot, &format!("read failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn client_eof(&mut self, slot: usize) {
+        let Some(c) = self.client(slot) else { return };
+        if c.ex.is_some() {
+            self.client_gone(slot, "client closed the connection mid-request");
+        } else if c.out.is_empty() {
+            self.close_client(slot, "client closed the connection");
+        } else {
+            c.close_after = true;
+        }
+    }
+
+    /// Move the connection's state on with the bytes it has.
+    fn client_advance(&mut self, slot: usize) {
+        loop {
+            let stopping = self.stopping.is_some();
+            let (peer, local) = (self.client(slot).map(|c| c.peer), self.local);
+            let Some(peer) = peer else { return };
+            let classifier = self.cfg.classifier.clone();
+            let spill = self.cfg.spill_threshold;
+            let Some(c) = self.client(slot) else { return };
+            if c.close_after {
+                return;
+            }
+            match &mut c.ex {
+                None => {
+                    if c.out.pending() > OUT_LIMIT || c.rbuf.is_empty() {
+                        return;
+                    }
+                    let (head, used) = match parse_head(&c.rbuf, &Limits::default()) {
+                        Ok(Some(x)) => x,
+                        Ok(None) => return,
+                        Err(e) => {
+                            log::debug!("refused request from {}: {e}", c.peer);
+                            self.refuse(slot, e, None);
+                            return;
+                        }
+                    };
+                    c.rbuf.drain(..used);
+                    let mut environ = environ::build(&head, peer, local, None);
+                    let class = classifier.classify(|n| environ.get(n).map(String::as_str));
+                    environ.insert("resumelb.request_class".into(), class.clone());
+                    let reading = match head.body {
+                        BodyFraming::None => Reading::Done,
+                        BodyFraming::Sized(n) => Reading::Sized(n),
+                        BodyFraming::Chunked => Reading::Chunked(ChunkedDecoder::new()),
+                    };
+                    if head.expect_continue && !matches!(reading, Reading::Done) {
+                        let _ = c.out.push(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    let now = Instant::now();
+                    c.ex = Some(Exchange {
+                        ask: Ask {
+                            minor: head.minor,
+                            head_only: head.is_head(),
+                            keep_alive: head.keep_alive && !stopping,
+                        },
+                        head,
+                        class,
+                        environ,
+                        reading,
+                        body: Some(SpillBuffer::new(spill)),
+                        reader: None,
+                        body_len: 0,
+                        phase: Phase::Body,
+                        started: now,
+                        wall: SystemTime::now(),
+                        attempts: 0,
+                        status: 0,
+                        sent_body: 0,
+                        framing: Framing::None,
+                        sized_left: 0,
+                        last_progress: now,
+                    });
+                    self.mark_dirty(slot);
+                }
+                Some(ex) if ex.phase == Phase::Body => {
+                    let mut write_err = None;
+                    let body = ex.body.as_mut().expect("reading a body");
+                    match &mut ex.reading {
+                        Reading::Done => {}
+                        Reading::Sized(left) => {
+                            let n = (*left).min(c.rbuf.len() as u64) as usize;
+                            if let Err(e) = body.write(&c.rbuf[..n]) {
+                                write_err = Some(e);
+                            }
+                            c.rbuf.drain(..n);
+                            *left -= n as u64;
+                            if *left == 0 {
+                                ex.reading = Reading::Done;
+                            }
+                        }
+                        Reading::Chunked(dec) => {
+                            let r = dec.feed(&c.rbuf, &mut |d| {
+                                if write_err.is_none() {
+                                    if let Err(e) = body.write(d) {
+                                        write_err = Some(e);
+                                    }
+                                }
+                            });
+                            match r {
+                                Ok(used) => {
+                                    c.rbuf.drain(..used);
+                                    if dec.is_done() {
+                                        ex.reading = Reading::Done;
+                                    }
+                                }
+                                Err(e) => {
+                                    log::debug!("refused request body from {}: {e}", c.peer);
+                                    self.refuse(slot, e, None);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(e) = write_err {
+                        log::error!("cannot buffer a request body: {e}");
+                        self.refuse(
+                            slot,
+                            HttpError {
+                                status: 500,
+                                why: "cannot buffer the request body",
+                            },
+                            None,
+                        );
+                        return;
+                    }
+                    if !matches!(ex.reading, Reading::Done) {
+                        return;
+                    }
+                    let body = ex.body.take().expect("reading a body");
+                    ex.body_len = body.len();
+                    if ex.body_len > 0 || ex.head.header("content-length").is_some() {
+                        ex.environ
+                            .insert("CONTENT_LENGTH".into(), ex.body_len.to_string());
+                    }
+                    match body.into_reader() {
+                        Ok(r) => ex.reader = Some(r),
+                        Err(e) => {
+                            log::error!("cannot read back a request body: {e}");
+                            self.refuse(
+                                slot,
+                                HttpError {
+                                    status: 500,
+                                    why: "cannot buffer the request body",
+                                },
+                                None,
+                            );
+                            return;
+                        }
+                    }
+                    self.dispatch(slot);
+                }
+                Some(_) => return,
+            }
+        }
+    }
+
+    /// Send a complete request to a worker, or queue it until one comes.
+    fn dispatch(&mut self, slot: usize) {
+        let Some(c) = self.client(slot) else { return };
+        let Some(ex) = c.ex.as_mut() else { return };
+        let class = ex.class.clone();
+        let id = c.id;
+        match self.pick_worker(&class) {
+            Some(wslot) => self.send_to(wslot, slot),
+            None => {
+                if let Some(ex) = self.client(slot).and_then(|c| c.ex.as_mut()) {
+                    ex.phase = Phase::Waiting(Instant::now());
+                }
+                self.waiting.push_back((slot, id));
+            }
+        }
+    }
+
+    /// A worker for `class` from the pool, as a connection slot.
+    fn pick_worker(&mut self, class: &str) -> Option<usize> {
+        loop {
+            let wid = self.balancer.get(class)?;
+            let ws = self.by_wid.get(&wid.0).copied();
+            match ws {
+                Some(ws) if self.worker(ws).is_some_and(|w| w.joined && !w.draining) => {
+                    return Some(ws)
+                }
+                _ => {
+                    // Should not happen: the pool and the connections disagree.
+                    log::error!("pool chose unknown worker {wid:?}; removing it");
+                    self.balancer.put(wid);
+                    self.balancer.remove(wid);
+                }
+            }
+        }
+    }
+
+    fn send_to(&mut self, wslot: usize, cslot: usize) {
+        let Some(c) = self.client(cslot) else { return };
+        let cid = c.id;
+        let Some(ex) = c.ex.as_mut() else { return };
+        let has_body = ex.body_len > 0;
+        let env = std::mem::take(&mut ex.environ);
+        let Some(w) = self.worker(wslot) else { return };
+        let rno = w.take_rno();
+        w.inflight.insert(
+            rno,
+            super::backend::Inflight {
+                client_slot: cslot,
+                client_id: cid,
+                started: SystemTime::now(),
+            },
+        );
+        let encoded = encode_environ(
+            &mut w.wbuf,
+            rno,
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        if has_body {
+            w.sending.push_back(rno);
+        } else {
+            encode_end(&mut w.wbuf, rno);
+        }
+        if let Err(e) = encoded {
+            log::error!("cannot encode a request: {e}");
+        }
+        if let Some(ex) = self.client(cslot).and_then(|c| c.ex.as_mut()) {
+            ex.environ = env;
+            ex.attempts += 1;
+            ex.phase = Phase::Forwarded {
+                wslot,
+                rno,
+                head_sent: false,
+            };
+            ex.last_progress = Instant::now();
+            if let Some(r) = ex.reader.as_mut() {
+                let _ = r.rewind();
+            }
+        }
+        self.mark_dirty(wslot);
+    }
+
+    /// Requests waiting for a worker get one, while the pool has one.
+    pub(super) fn serve_waiting(&mut self) {
+        while let Some(&(slot, id)) = self.waiting.front() {
+            let class = match self.conns.get(slot) {
+                Some(Conn::Client(c)) if c.id == id => match &c.ex {
+                    Some(ex) if matches!(ex.phase, Phase::Waiting(_)) => ex.class.clone(),
+                    _ => {
+                        self.waiting.pop_front();
+                        continue;
+                    }
+                },
+                _ => {
+                    self.waiting.pop_front();
+                    continue;
+                }
+            };
+            let Some(wslot) = self.pick_worker(&class) else {
+                return;
+            };
+            self.waiting.pop_front();
+            self.send_to(wslot, slot);
+        }
+    }
+
+    /// Copy request bodies into a worker's buffer while it has room.
+    pub(super) fn pump_bodies(&mut self, wslot: usize) {
+        let mut buf = vec![0u8; 4 * MAX_CHUNK];
+        loop {
+            let Some(w) = self.worker(wslot) else { return };
+            if !w.has_room() {
+                return;
+            }
+            let Some(&rno) = w.sending.front() else {
+                return;
+            };
+            let target = w.inflight.get(&rno).map(|f| (f.client_slot, f.client_id));
+            let Some((cs, _)) = target.filter(|&(cs, cid)| self.client_is(cs, cid)) else {
+                if let Some(w) = self.worker(wslot) {
+                    w.sending.pop_front();
+                }
+                continue;
+            };
+            let read = self
+                .client(cs)
+                .and_then(|c| c.ex.as_mut())
+                .and_then(|ex| ex.reader.as_mut())
+                .map(|r| r.read(&mut buf));
+            let Some(w) = self.worker(wslot) else { return };
+            match read {
+                Some(Ok(0)) | None => {
+                    encode_end(&mut w.wbuf, rno);
+                    w.sending.pop_front();
+                }
+                Some(Ok(n)) => encode_body(&mut w.wbuf, rno, &buf[..n]),
+                Some(Err(e)) => {
+                    log::error!("cannot read a buffered request body: {e}");
+                    w.sending.pop_front();
+                    self.cancel_on_worker(wslot, rno);
+                    self.refuse(
+                        cs,
+                        HttpError {
+                            status: 500,
+                            why: "cannot read the buffered request body",
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The worker's response head for a client's exchange.
+    pub(super) fn response_head(&mut self, cslot: usize, head: ResponseHead) {
+        let Some(c) = self.client(cslot) else { return };
+        let Some(ex) = c.ex.as_mut() else { return };
+        let Phase::Forwarded {
+            wslot,
+            rno,
+            head_sent: false,
+        } = ex.phase
+        else {
+            return;
+        };
+        match plan(ex.ask, &head) {
+            Ok(p) => {
+                ex.status = p.status;
+                ex.framing = p.framing;
+                ex.sized_left = match p.framing {
+                    Framing::Sized(n) => n,
+                    _ => 0,
+                };
+                ex.ask.keep_alive = p.keep_alive;
+                ex.phase = Phase::Forwarded {
+                    wslot,
+                    rno,
+                    head_sent: true,
+                };
+                ex.last_progress = Instant::now();
+                if let Err(e) = c.out.push(&p.head) {
+                    self.client_gone(cslot, &format!("cannot buffer the response: {e}"));
+                    return;
+                }
+                self.mark_dirty(cslot);
+            }
+            Err(why) => {
+                let addr = self
+                    .worker(wslot)
+                    .map(|w| w.addr.clone())
+                    .unwrap_or_default();
+                log::warn!("bad response head from worker {addr}: {why}");
+                self.cancel_on_worker(wslot, rno);
+                self.counters.bad_gateway += 1;
+                let page = self.cfg.disconnect_page.clone();
+                self.refuse_with(cslot, 502, "text/html; charset=utf-8", &page);
+            }
+        }
+    }
+
+    pub(super) fn response_body(&mut self, cslot: usize, data: &[u8]) {
+        let Some(c) = self.client(cslot) else { return };
+        let Some(ex) = c.ex.as_mut() else { return };
+        let Phase::Forwarded {
+            wslot,
+            rno,
+            head_sent: true,
+        } = ex.phase
+        else {
+            return;
+        };
+        ex.last_progress = Instant::now();
+        let pushed = match ex.framing {
+            Framing::None => Ok(()),
+            Framing::Sized(_) => {
+                if data.len() as u64 > ex.sized_left {
+                    // More than announced: the worker is wrong; cut the
+                    // client off rather than send a corrupt stream.
+                    log::warn!("worker sent more than its Content-Length");
+                    self.cancel_on_worker(wslot, rno);
+                    self.cut(cslot);
+                    return;
+                }
+                ex.sized_left -= data.len() as u64;
+                ex.sent_body += data.len() as u64;
+                c.out.push(data)
+            }
+            Framing::Chunked => {
+                ex.sent_body += data.len() as u64;
+                let mut framed = Vec::with_capacity(data.len() + 16);
+                chunk(&mut framed, data);
+                c.out.push(&framed)
+            }
+            Framing::UntilClose => {
+                ex.sent_body += data.len() as u64;
+                c.out.push(data)
+            }
+        };
+        if let Err(e) = pushed {
+            self.cancel_on_worker(wslot, rno);
+            self.client_gone(cslot, &format!("cannot buffer the response: {e}"));
+            return;
+        }
+        self.mark_dirty(cslot);
+    }
+
+    /// The worker sent the end of the response (and was put back).
+    pub(super) fn response_end(&mut self, cslot: usize) {
+        let Some(c) = self.client(cslot) else { return };
+        let Some(ex) = c.ex.as_mut() else { return };
+        let Phase::Forwarded { head_sent, .. } = ex.phase else {
+            return;
+        };
+        if !head_sent {
+            // End without a head: as if the worker had failed.
+            self.response_abort(cslot, "the worker ended a response it never began");
+            return;
+        }
+        match ex.framing {
+            Framing::Chunked => {
+                let _ = c.out.push(LAST_CHUNK);
+            }
+            Framing::Sized(_) if ex.sized_left > 0 => {
+                log::warn!("worker sent less than its Content-Length");
+                self.cut(cslot);
+                return;
+            }
+            _ => {}
+        }
+        self.finish_exchange(cslot);
+    }
+
+    /// The worker gave up on a response (and was put back).
+    pub(super) fn response_abort(&mut self, cslot: usize, why: &str) {
+        log::warn!("{why}");
+        self.worker_lost_for(cslot);
+    }
+
+    /// The worker of a client's exchange is gone (already put back).
+    pub(super) fn worker_lost_for(&mut self, cslot: usize) {
+        let page = self.cfg.disconnect_page.clone();
+        let Some(c) = self.client(cslot) else { return };
+        let Some(ex) = c.ex.as_mut() else { return };
+        let Phase::Forwarded { head_sent, .. } = ex.phase else {
+            return;
+        };
+        if head_sent {
+            self.cut(cslot);
+        } else if ex.retryable() {
+            self.counters.retries += 1;
+            self.dispatch(cslot);
+        } else {
+            self.counters.bad_gateway += 1;
+            self.refuse_with(cslot, 502, "text/html; charset=utf-8", &page);
+        }
+    }
+
+    /// End a response that is incomplete: the client must be able to tell,
+    /// so the connection is reset after what was buffered is tried once.
+    fn cut(&mut self, cslot: usize) {
+        if let Some(c) = self.client(cslot) {
+            c.reset = true;
+            c.close_after = true;
+            if let Some(ex) = c.ex.take() {
+                let ex_status = ex.status;
+                self.access_line_for(cslot, &ex, ex_status);
+            }
+        }
+        self.client_flush(cslot);
+        // Whatever did not fit goes: the response is incomplete anyway.
+        self.close_client(cslot, "response cut off");
+    }
+
+    /// The exchange is complete: log it and go on with the next request.
+    fn finish_exchange(&mut self, cslot: usize) {
+        let stopping = self.stopping.is_some();
+        let Some(c) = self.client(cslot) else { return };
+        let Some(ex) = c.ex.take() else { return };
+        if !ex.ask.keep_alive || stopping {
+            c.close_after = true;
+        }
+        self.access_line_for(cslot, &ex, ex.status);
+        self.mark_dirty(cslot);
+        self.client_pull(cslot);
+    }
+
+    fn access_line_for(&mut self, cslot: usize, ex: &Exchange, status: u16) {
+        if !self.cfg.access_log.is_enabled() {
+            return;
+        }
+        let Some(c) = self.client(cslot) else { return };
+        let line = format!(
+            "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} {:.6} {}\n",
+            c.peer.ip(),
+            clf_date(ex.wall),
+            ex.head.method,
+            ex.head.target,
+            ex.head.minor,
+            status,
+            if ex.sent_body == 0 {
+                "-".to_string()
+            } else {
+                ex.sent_body.to_string()
+            },
+            ex.started.elapsed().as_secs_f64(),
+            if ex.class.is_empty() { "-" } else { &ex.class },
+        );
+        self.cfg.access_log.line(line);
+    }
+
+    /// Refuse a request: the status, and close.
+    fn refuse(&mut self, cslot: usize, e: HttpError, _why: Option<&str>) {
+        let body = format!("{} {}: {}\n", e.status, reason(e.status), e.why);
+        self.refuse_with(
+            cslot,
+            e.status,
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+        );
+    }
+
+    /// Answer with the LB's own response and close after it.
+    fn refuse_with(&mut self, cslot: usize, status: u16, content_type: &str, body: &[u8]) {
+        let Some(c) = self.client(cslot) else { return };
+        let ex = c.ex.take();
+        let ask = ex.as_ref().map_or(
+            Ask {
+                minor: 1,
+                head_only: false,
+                keep_alive: false,
+            },
+            |e| e.ask,
+        );
+        let bytes = simple(ask, status, content_type, body, false);
+        let _ = c.out.push(&bytes);
+        c.close_after = true;
+        c.rbuf.clear();
+        if let Some(mut ex) = ex {
+            ex.sent_body = if ask.head_only { 0 } else { body.len() as u64 };
+            self.access_line_for(cslot, &ex, status);
+        }
+        self.mark_dirty(cslot);
+    }
+
+    /// The client is gone or unusable: cancel its exchange and close.
+    fn client_gone(&mut self, slot: usize, why: &str) {
+        self.close_client(slot, why);
+    }
+
+    pub(super) fn close_client(&mut self, slot: usize, why: &str) {
+        let Some(Conn::Client(mut c)) = self.conns.remove(slot) else {
+            return;
+        };
+        log::debug!("client {} closed: {why}", c.peer);
+        if let Some(ex) = c.ex.take() {
+            if let Phase::Forwarded { wslot, rno, .. } = ex.phase {
+                self.cancel_on_worker(wslot, rno);
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if c.reset {
+            set_linger_zero(&c.stream);
+        }
+        self.counters.spilled_bytes += c.out.spilled;
+        self.clients -= 1;
+        self.maybe_resume_accepting();
+    }
+
+    pub(super) fn client_flush(&mut self, slot: usize) {
+        let Some(c) = self.client(slot) else { return };
+        match c.out.write_to(&mut c.stream) {
+            Ok(n) => {
+                if n > 0 {
+                    c.last_write = Instant::now();
+                }
+                if c.out.is_empty() {
+                    if c.close_after {
+                        self.close_client(slot, "done");
+                    } else if c.ex.is_none() && !c.rbuf.is_empty() {
+                        // Output had held back the next pipelined request.
+                        self.client_pull(slot);
+                    }
+                }
+            }
+            Err(e) => self.client_gone(slot, &format!("write failed: {e}")),
+        }
+    }
+
+    /// Shutting down: idle connections close now, busy ones after their
+    /// response.
+    pub(super) fn client_stop(&mut self, slot: usize) {
+        let Some(c) = self.client(slot) else { return };
+        match c.ex.as_mut() {
+            Some(ex) => ex.ask.keep_alive = false,
+            None => {
+                c.close_after = true;
+                if c.out.is_empty() {
+                    self.close_client(slot, "LB shutting down");
+                }
+            }
+        }
+    }
+
+    /// Socket timeout on every stage.
+    pub(super) fn client_tick(&mut self, now: Instant) {
+        let limit = self.cfg.socket_timeout;
+        let mut actions = Vec::new();
+        for (slot, conn) in self.conns.iter() {
+            let Conn::Client(c) = conn else { continue };
+            if !c.out.is_empty() && now.duration_since(c.last_write) >= limit {
+                actions.push((slot, Timeout::Close("write timeout")));
+                continue;
+            }
+            match &c.ex {
+                None => {
+                    if c.out.is_empty() && now.duration_since(c.last_read) >= limit {
+                        actions.push((slot, Timeout::Close("idle timeout")));
+                    }
+                }
+                Some(ex) => match ex.phase {
+                    Phase::Body => {
+                        if now.duration_since(c.last_read) >= limit {
+                            actions.push((slot, Timeout::Status(408)));
+                        }
+                    }
+                    Phase::Waiting(since) => {
+                        if now.duration_since(since) >= limit {
+                            actions.push((slot, Timeout::Status(503)));
+                        }
+                    }
+                    Phase::Forwarded { head_sent, .. } => {
+                        if now.duration_since(ex.last_progress) >= limit {
+                            actions.push((
+                                slot,
+                                if head_sent {
+                                    Timeout::Cut
+                                } else {
+                                    Timeout::Status(504)
+                                },
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+        for (slot, action) in actions {
+            match action {
+                Timeout::Close(why) => self.close_client(slot, why),
+                Timeout::Status(status) => {
+                    if let Some(Phase::Forwarded { wslot, rno, .. }) = self
+                        .client(slot)
+                        .and_then(|c| c.ex.as_ref())
+                        .map(|e| e.phase)
+                    {
+                        self.cancel_on_worker(wslot, rno);
+                    }
+                    let why = match status {
+                        408 => "the request body did not arrive in time",
+                        503 => "no worker became available in time",
+                        _ => "the worker did not answer in time",
+                    };
+                    self.refuse(slot, HttpError { status, why }, None);
+                }
+                Timeout::Cut => {
+                    if let Some(Phase::Forwarded { wslot, rno, .. }) = self
+                        .client(slot)
+                        .and_then(|c| c.ex.as_ref())
+                        .map(|e| e.phase)
+                    {
+                        self.cancel_on_worker(wslot, rno);
+                    }
+                    self.cut(slot);
+                }
+            }
+        }
+    }
+}

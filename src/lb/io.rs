@@ -1,0 +1,416 @@
+//! The LB's event loop: routes mio events to client, worker and status
+//! connections, and runs the timer's ticks (timeouts, keep-alives,
+//! reconnects) and commands (worker set, settings, stop).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Interest, Poll, Token};
+
+use super::backend::WorkerConn;
+use super::client::Client;
+use super::status::StatusConn;
+use super::{Command, LbConfig, WorkerSpec};
+use crate::pool::Balancer;
+use crate::util::signals::SignalEvent;
+use crate::util::slab::Slab;
+
+pub(super) const LISTENER: Token = Token(0);
+pub(super) const WAKER: Token = Token(1);
+pub(super) const STATUS: Token = Token(2);
+pub(super) const FIRST_CONN: usize = 3;
+
+pub(super) fn token(slot: usize) -> Token {
+    Token(slot + FIRST_CONN)
+}
+
+/// Everything the loop owns a socket for.
+pub(super) enum Conn {
+    Client(Box<Client>),
+    Worker(Box<WorkerConn>),
+    Status(StatusConn),
+}
+
+/// A configured worker address.
+pub(super) struct Addr {
+    pub version: Option<String>,
+    /// Its connection, if one is open or opening.
+    pub slot: Option<usize>,
+    pub retry_at: Instant,
+}
+
+/// Counters for the status document and metrics.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Counters {
+    pub retries: u64,
+    pub bad_gateway: u64,
+    pub spilled_bytes: u64,
+}
+
+pub(super) struct Loop {
+    pub poll: Poll,
+    pub listener: Option<TcpListener>,
+    pub status: Option<(UnixListener, PathBuf)>,
+    pub local: SocketAddr,
+    pub cfg: LbConfig,
+    pub conns: Slab<Conn>,
+    pub addrs: HashMap<String, Addr>,
+    /// Worker connection id → slot.
+    pub by_wid: HashMap<u64, usize>,
+    pub balancer: Balancer,
+    /// Requests waiting for a worker: (client slot, client id).
+    pub waiting: VecDeque<(usize, u64)>,
+    pub next_id: u64,
+    pub clients: usize,
+    pub accepting: bool,
+    pub dirty: Vec<usize>,
+    pub stopping: Option<Instant>,
+    pub counters: Counters,
+    cmd_rx: Receiver<Command>,
+    ticks: Receiver<()>,
+    signals: Option<Receiver<SignalEvent>>,
+}
+
+impl Loop {
+    pub(super) fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        local: SocketAddr,
+        cfg: LbConfig,
+        cmd_rx: Receiver<Command>,
+        ticks: Receiver<()>,
+        signals: Option<Receiver<SignalEvent>>,
+    ) -> io::Result<Loop> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let status = match &cfg.status_path {
+            Some(path) => {
+                // A socket file left by an earlier run would make bind fail.
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                let mut l = UnixListener::bind(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("status socket {}: {e}", path.display()))
+                })?;
+                poll.registry()
+                    .register(&mut l, STATUS, Interest::READABLE)?;
+                Some((l, path.clone()))
+            }
+            None => None,
+        };
+        let balancer = Balancer::new(cfg.pool, cfg.settings, cfg.single_version);
+        let workers = cfg.workers.clone();
+        let mut lp = Loop {
+            poll,
+            listener: Some(listener),
+            status,
+            local,
+            cfg,
+            conns: Slab::new(),
+            addrs: HashMap::new(),
+            by_wid: HashMap::new(),
+            balancer,
+            waiting: VecDeque::new(),
+            next_id: 0,
+            clients: 0,
+            accepting: true,
+            dirty: Vec::new(),
+            stopping: None,
+            counters: Counters::default(),
+            cmd_rx,
+            ticks,
+            signals,
+        };
+        lp.set_workers(workers);
+        Ok(lp)
+    }
+
+    pub(super) fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(super) fn mark_dirty(&mut self, slot: usize) {
+        if !self.dirty.contains(&slot) {
+            self.dirty.push(slot);
+        }
+    }
+
+    pub(super) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_clients(),
+                    WAKER => {}
+                    STATUS => self.accept_status(),
+                    Token(t) => {
+                        let slot = t - FIRST_CONN;
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable = event.is_writable() || event.is_write_closed();
+                        match self.conns.get(slot) {
+                            Some(Conn::Client(_)) => self.client_event(slot, readable, writable),
+                            Some(Conn::Worker(_)) => self.worker_event(slot, readable, writable),
+                            Some(Conn::Status(_)) => self.status_event(slot),
+                            None => {}
+                        }
+                    }
+                }
+            }
+            if self.handle_messages() {
+                break;
+            }
+            self.flush_dirty();
+            if self.stopping.is_some() && self.clients == 0 {
+                log::info!("all requests finished");
+                break;
+            }
+            if self.stopping.is_some_and(|d| Instant::now() >= d) {
+                log::warn!(
+                    "shutdown timeout: exiting with {} client(s) open",
+                    self.clients
+                );
+                break;
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Commands, ticks and signals. True: exit now.
+    fn handle_messages(&mut self) -> bool {
+        let mut stop = 0;
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                Command::SetWorkers(w) => self.set_workers(w),
+                Command::UpdateSettings(s) => {
+                    log::info!(
+                        "pool settings: variance {}, backlog_history {}, unskilled_score {}",
+                        s.variance,
+                        s.backlog_history,
+                        s.unskilled_score
+                    );
+                    self.balancer.update_settings(&s);
+                }
+                Command::Stop => stop += 1,
+                Command::StopNow => stop += 2,
+            }
+        }
+        if let Some(signals) = &self.signals {
+            while let Ok(sig) = signals.try_recv() {
+                match sig {
+                    SignalEvent::Stop => stop += 1,
+                    SignalEvent::Reopen => self.cfg.access_log.reopen(),
+                }
+            }
+        }
+        if self.ticks.try_recv().is_ok() {
+            self.tick();
+        }
+        if stop > 0 {
+            if self.stopping.is_some() || stop > 1 {
+                log::warn!("second stop request: exiting at once");
+                return true;
+            }
+            self.start_stopping();
+        }
+        false
+    }
+
+    fn start_stopping(&mut self) {
+        log::info!(
+            "shutting down: no new connections, finishing {} client(s)",
+            self.clients
+        );
+        self.stopping = Some(Instant::now() + self.cfg.socket_timeout);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        for slot in self.conns.keys() {
+            if matches!(self.conns.get(slot), Some(Conn::Client(_))) {
+                self.client_stop(slot);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for slot in self.conns.keys() {
+            match self.conns.get(slot) {
+                Some(Conn::Client(_)) => self.close_client(slot, "LB shutting down"),
+                Some(Conn::Worker(_)) => self.close_worker(slot, "LB shutting down", false),
+                _ => {
+                    self.conns.remove(slot);
+                }
+            }
+        }
+        if let Some((_, path)) = self.status.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        self.cfg.access_log.flush();
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.worker_tick(now);
+        self.client_tick(now);
+        self.serve_waiting();
+    }
+
+    fn flush_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for slot in dirty {
+                match self.conns.get(slot) {
+                    Some(Conn::Client(_)) => self.client_flush(slot),
+                    Some(Conn::Worker(_)) => self.worker_flush(slot),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Replace the set of worker addresses: connect to new ones, drop the
+    /// ones no longer listed. An address that stays keeps its connection.
+    pub(super) fn set_workers(&mut self, specs: Vec<WorkerSpec>) {
+        let wanted: HashMap<String, Option<String>> =
+            specs.into_iter().map(|s| (s.addr, s.version)).collect();
+        let gone: Vec<String> = self
+            .addrs
+            .keys()
+            .filter(|a| !wanted.contains_key(*a))
+            .cloned()
+            .collect();
+        for addr in gone {
+            if let Some(a) = self.addrs.remove(&addr) {
+                log::info!("worker {addr} removed");
+                if let Some(slot) = a.slot {
+                    self.close_worker(slot, "removed from the worker list", false);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (addr, version) in wanted {
+            match self.addrs.get_mut(&addr) {
+                Some(a) => a.version = version,
+                None => {
+                    log::info!("worker {addr} added");
+                    self.addrs.insert(
+                        addr,
+                        Addr {
+                            version,
+                            slot: None,
+                            retry_at: now,
+                        },
+                    );
+                }
+            }
+        }
+        self.connect_due(now);
+    }
+
+    fn accept_clients(&mut self) {
+        while self.accepting {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.add_client(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: pause until a tick.
+                    log::error!("accept failed: {e}");
+                    self.pause_accepting();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn pause_accepting(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        self.accepting = false;
+        if let Some(l) = &mut self.listener {
+            let _ = self.poll.registry().deregister(l);
+        }
+    }
+
+    pub(super) fn maybe_resume_accepting(&mut self) {
+        if self.accepting || self.clients >= self.cfg.max_connections {
+            return;
+        }
+        if let Some(l) = &mut self.listener {
+            if self
+                .poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)
+                .is_ok()
+            {
+                self.accepting = true;
+                // Edge-triggered: connections that queued meanwhile bring
+                // no event.
+                self.accept_clients();
+            }
+        }
+    }
+
+    fn accept_status(&mut self) {
+        loop {
+            let Some((l, _)) = &self.status else { return };
+            match l.accept() {
+                Ok((stream, _)) => {
+                    let doc = self.status_document();
+                    let slot = self
+                        .conns
+                        .insert(Conn::Status(StatusConn::new(stream, doc)));
+                    if let Some(Conn::Status(s)) = self.conns.get_mut(slot) {
+                        if self
+                            .poll
+                            .registry()
+                            .register(&mut s.stream, token(slot), Interest::WRITABLE)
+                            .is_err()
+                        {
+                            self.conns.remove(slot);
+                            continue;
+                        }
+                    }
+                    self.status_event(slot);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("status accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn status_event(&mut self, slot: usize) {
+        let done = match self.conns.get_mut(slot) {
+            Some(Conn::Status(s)) => s.write(),
+            _ => return,
+        };
+        if done {
+            if let Some(Conn::Status(mut s)) = self.conns.remove(slot) {
+                let _ = self.poll.registry().deregister(&mut s.stream);
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The load balancer (`resumelb`, `zkresumelb`): one mio I/O thread owns
+//! the HTTP listener, every client connection, every worker connection and
+//! the status socket (ARCHITECTURE.md, "Load balancer"). Pool decisions are
+//! made on that thread. A timer thread ticks it; log files are written by
+//! their own threads.
+//!
+//! Requests are read whole before they are sent to a worker (bodies over
+//! 1 MiB into an unlinked temporary file), so that a malformed or slow
+//! upload never reaches or holds up a worker; responses are passed on as
+//! they arrive, buffered for slow clients in memory up to a cap and then in
+//! a temporary file, so that a slow client never holds up a worker.
+
+mod backend;
+mod client;
+pub mod environ;
+mod io;
+pub mod outbuf;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Poll, Token};
+
+use crate::classify::Classifier;
+use crate::pool::{PoolKind, Settings};
+use crate::util::linelog::LineLog;
+use crate::worker::resolve;
+
+/// The page sent with `502 Bad Gateway` when a worker is lost, unless
+/// `-e` names another.
+pub const DEFAULT_DISCONNECT_PAGE: &str = "<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>\n<p>The server that was handling your request went away.\nPlease try again.</p></body></html>\n";
+
+/// How an LB runs.
+#[derive(Clone)]
+pub struct LbConfig {
+    pub address: String,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Most client connections at once; accepting pauses at the limit.
+    pub max_connections: usize,
+    pub classifier: Classifier,
+    pub disconnect_page: Vec<u8>,
+    pub settings: Settings,
+    pub pool: PoolKind,
+    pub single_version: bool,
+    /// Limit on every stage of a request.
+    pub socket_timeout: Duration,
+    pub status_path: Option<PathBuf>,
+    pub access_log: LineLog,
+    /// Initial worker addresses.
+    pub workers: Vec<WorkerSpec>,
+    pub handle_signals: bool,
+    pub keepalive: Duration,
+    /// A worker silent for this long is taken for dead.
+    pub dead_worker_timeout: Duration,
+    pub reconnect_interval: Duration,
+    /// Request bodies over this size are buffered in a temporary file.
+    pub spill_threshold: usize,
+    /// A client's response bytes kept in memory before spilling to a file.
+    pub client_mem_cap: usize,
+}
+
+impl Default for LbConfig {
+    fn default() -> LbConfig {
+        LbConfig {
+            address: "127.0.0.1:0".into(),
+            backlog: 1024,
+            max_connections: 10_000,
+            classifier: Classifier::Host,
+            disconnect_page: DEFAULT_DISCONNECT_PAGE.as_bytes().to_vec(),
+            settings: Settings::default(),
+            pool: PoolKind::Resume,
+            single_version: false,
+            socket_timeout: Duration::from_secs(99),
+            status_path: None,
+            access_log: LineLog::default(),
+            workers: Vec::new(),
+            handle_signals: false,
+            keepalive: Duration::from_secs(1),
+            dead_worker_timeout: Duration::from_secs(10),
+            reconnect_interval: Duration::from_secs(1),
+            spill_threshold: 1 << 20,
+            client_mem_cap: 256 * 1024,
+        }
+    }
+}
+
+/// A worker address and, for single-version mode, its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    pub addr: String,
+    pub version: Option<String>,
+}
+
+impl WorkerSpec {
+    pub fn new(addr: &str) -> WorkerSpec {
+        WorkerSpec {
+            addr: addr.to_string(),
+            version: None,
+        }
+    }
+}
+
+/// Orders for a running LB.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Replace the set of worker addresses.
+    SetWorkers(Vec<WorkerSpec>),
+    UpdateSettings(Settings),
+    Stop,
+    StopNow,
+}
+
+/// Controls a running LB from another thread (ZooKeeper, tests).
+#[derive(Clone)]
+pub struct LbHandle {
+    tx: Sender<Command>,
+    waker: Arc<mio::Waker>,
+}
+
+impl LbHandle {
+    pub fn send(&self, cmd: Command) {
+        let _ = self.tx.send(cmd);
+        let _ = self.waker.wake();
+    }
+}
+
+/// A bound LB, ready to run.
+pub struct Lb {
+    poll: Poll,
+    waker: Arc<mio::Waker>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: LbConfig,
+    cmd: (Sender<Command>, Receiver<Command>),
+}
+
+fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls on a descriptor we own; it is wrapped in a
+    // TcpListener (which closes it) before any early return after creation.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::listen(fd, backlog) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+impl Lb {
+    /// Bind the HTTP listener with the configured listen backlog.
+    pub fn bind(config: LbConfig) -> std::io::Result<Lb> {
+        let sa = resolve(&config.address)?;
+        let std_listener = listen(sa, config.backlog)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener);
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(1))?);
+        Ok(Lb {
+            poll,
+            waker,
+            listener,
+            addr,
+            config,
+            cmd: unbounded(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn handle(&self) -> LbHandle {
+        LbHandle {
+            tx: self.cmd.0.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Serve until stopped.
+    pub fn run(self) -> std::io::Result<()> {
+        let signals = if self.config.handle_signals {
+            Some(crate::util::signals::spawn(self.waker.clone())?)
+        } else {
+            None
+        };
+        let ticks = spawn_ticker(self.waker.clone())?;
+        log::info!("listening on {}", self.addr);
+        let lp = io::Loop::new(
+            self.poll,
+            self.listener,
+            self.addr,
+            self.config,
+            self.cmd.1,
+            ticks,
+            signals,
+        )?;
+        lp.run()
+    }
+}
+
+/// The timer thread: a tick every 100 ms for timeouts, keep-alives and
+/// reconnects.
+fn spawn_ticker(waker: Arc<mio::Waker>) -> std::io::Result<Receiver<()>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("lb-timer".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            match tx.try_send(()) {
+                Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            }
+            if waker.wake().is_err() {
+                return;
+            }
+        })?;
+    Ok(rx)
+}

@@ -1,0 +1,175 @@
+//! The status server: each connection to the Unix socket gets one JSON
+//! document (PROTOCOL.md, "Status document") and a newline.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mio::net::UnixStream;
+use serde_json::{json, Value};
+
+use super::io::{Conn, Loop};
+
+/// One status client being written to.
+pub(super) struct StatusConn {
+    pub stream: UnixStream,
+    doc: Vec<u8>,
+    pos: usize,
+}
+
+impl StatusConn {
+    pub(super) fn new(stream: UnixStream, doc: Vec<u8>) -> StatusConn {
+        StatusConn {
+            stream,
+            doc,
+            pos: 0,
+        }
+    }
+
+    /// Write what the socket takes; true when done (or failed).
+    pub(super) fn write(&mut self) -> bool {
+        while self.pos < self.doc.len() {
+            match self.stream.write(&self.doc[self.pos..]) {
+                Ok(0) => return true,
+                Ok(n) => self.pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Loop {
+    /// The status document, as JSON text with a newline.
+    pub(super) fn status_document(&self) -> Vec<u8> {
+        let st = self.balancer.status();
+        let mut names: HashMap<u64, &super::backend::WorkerConn> = HashMap::new();
+        for (_, c) in self.conns.iter() {
+            if let Conn::Worker(w) = c {
+                names.insert(w.id, w);
+            }
+        }
+        let mut rows: Vec<(String, Value, Value)> = Vec::new();
+        for ws in &st.workers {
+            let Some(w) = names.get(&ws.id.0) else {
+                continue;
+            };
+            let oldest = w
+                .inflight
+                .values()
+                .map(|f| f.started)
+                .min()
+                .map_or(Value::Null, |t| json!(unix_secs(t)));
+            rows.push((
+                w.addr.clone(),
+                json!([w.addr, ws.backlog, ws.mean_backlog, oldest]),
+                json!([w.addr, w.unsent()]),
+            ));
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut details = serde_json::Map::new();
+        for ws in &st.workers {
+            if let Some(w) = names.get(&ws.id.0) {
+                let mut d = json!({"resume_size": ws.resume_size});
+                if let Some(h) = &w.hello {
+                    d["threads"] = json!(h.threads);
+                    d["pid"] = json!(h.pid);
+                    d["version"] = json!(h.version);
+                }
+                details.insert(w.addr.clone(), d);
+            }
+        }
+        let settings = self.balancer.settings();
+        let doc = json!({
+            "backlog": st.backlog,
+            "mean_backlog": st.mean_backlog,
+            "workers": rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+            "workers_ex": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+            "worker_details": details,
+            "waiting": self.waiting.len(),
+            "clients": self.clients,
+            "settings": {
+                "variance": settings.variance,
+                "backlog_history": settings.backlog_history,
+                "unskilled_score": settings.unskilled_score,
+            },
+            "version": self.balancer.current_version(),
+            "retries": self.counters.retries,
+            "bad_gateway": self.counters.bad_gateway,
+            "spilled_bytes": self.counters.spilled_bytes,
+        });
+        let mut out = doc.to_string().into_bytes();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// `get-lb-status` text: backlog, mean backlog, and a table of workers.
+pub fn format_text(doc: &Value, now: SystemTime) -> String {
+    let mut out = String::new();
+    let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+    out.push_str(&format!(
+        "backlog: {}\nmean backlog: {:.2}\n",
+        doc["backlog"].as_i64().unwrap_or(0),
+        num(&doc["mean_backlog"])
+    ));
+    let workers = doc["workers"].as_array().cloned().unwrap_or_default();
+    if workers.is_empty() {
+        out.push_str("no workers\n");
+        return out;
+    }
+    let name_w = workers
+        .iter()
+        .map(|w| w[0].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    out.push_str(&format!(
+        "{:<name_w$}  {:>7}  {:>12}  {:>10}\n",
+        "worker", "backlog", "mean backlog", "oldest (s)"
+    ));
+    let now = unix_secs(now);
+    for w in workers {
+        let age = match w[3].as_u64() {
+            Some(t) => now.saturating_sub(t).to_string(),
+            None => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<name_w$}  {:>7}  {:>12.2}  {:>10}\n",
+            w[0].as_str().unwrap_or(""),
+            w[1].as_i64().unwrap_or(0),
+            num(&w[2]),
+            age
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn text_table() {
+        let doc = json!({"backlog": 3, "mean_backlog": 2.08,
+            "workers": [["127.0.0.1:8001", 2, 1.57, 1000], ["127.0.0.1:8002", 1, 1.0, null]],
+            "workers_ex": []});
+        let t = format_text(&doc, UNIX_EPOCH + Duration::from_secs(1012));
+        assert_eq!(
+            t,
+            "backlog: 3\nmean backlog: 2.08\n\
+             worker          backlog  mean backlog  oldest (s)\n\
+             127.0.0.1:8001        2          1.57          12\n\
+             127.0.0.1:8002        1          1.00           -\n"
+        );
+        let empty = json!({"backlog": 0, "mean_backlog": 0.0, "workers": []});
+        assert!(format_text(&empty, UNIX_EPOCH).ends_with("no workers\n"));
+    }
+}
