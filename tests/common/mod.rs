@@ -323,3 +323,353 @@ pub fn digest(data: &[u8]) -> String {
         resumelb::worker::demo::fnv1a(data, resumelb::worker::demo::FNV_OFFSET)
     )
 }
+
+pub const LB: &str = env!("CARGO_BIN_EXE_resumelb");
+
+/// An LB process on an ephemeral port.
+pub struct LbProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+pub fn start_lb(extra: &[&str]) -> LbProc {
+    let mut args = vec!["-a", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let proc = Proc::start(LB, &args);
+    let line = proc.wait_for("listening on ", Duration::from_secs(10));
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    LbProc { proc, addr }
+}
+
+/// An HTTP response read off a socket.
+#[derive(Debug, Default)]
+pub struct HttpResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body ended as its framing says (length reached, last chunk, or
+    /// a clean close for close-delimited bodies).
+    pub complete: bool,
+}
+
+impl HttpResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The demo app's `X-Worker` (pid:port).
+    pub fn worker(&self) -> String {
+        self.header("X-Worker").unwrap_or("").to_string()
+    }
+}
+
+/// A client connection that reads responses one after another.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl HttpConn {
+    pub fn connect(addr: SocketAddr) -> HttpConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    fn fill(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionReset
+                    || e.kind() == std::io::ErrorKind::ConnectionAborted =>
+            {
+                self.eof = true;
+                false
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let l = String::from_utf8_lossy(&self.buf[..i]).to_string();
+                self.buf.drain(..i + 2);
+                return Some(l);
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Read one response; `head_request` for responses to HEAD. `None`
+    /// when the connection closed before a status line.
+    pub fn response(&mut self, head_request: bool) -> Option<HttpResp> {
+        let status_line = self.line()?;
+        let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+        let mut r = HttpResp {
+            status,
+            ..HttpResp::default()
+        };
+        loop {
+            let l = self.line()?;
+            if l.is_empty() {
+                break;
+            }
+            let (n, v) = l.split_once(':')?;
+            r.headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        if status == 100 {
+            return self.response(head_request);
+        }
+        if head_request || status == 204 || status == 304 {
+            r.complete = true;
+            return Some(r);
+        }
+        if r.header("Transfer-Encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let Some(size_line) = self.line() else {
+                    return Some(r);
+                };
+                let size = usize::from_str_radix(size_line.trim(), 16).ok()?;
+                if size == 0 {
+                    let _ = self.line();
+                    r.complete = true;
+                    return Some(r);
+                }
+                while self.buf.len() < size + 2 {
+                    if !self.fill() {
+                        r.body.extend_from_slice(&self.buf);
+                        return Some(r);
+                    }
+                }
+                r.body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+            }
+        } else if let Some(n) = r
+            .header("Content-Length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            while self.buf.len() < n {
+                if !self.fill() {
+                    r.body = std::mem::take(&mut self.buf);
+                    return Some(r);
+                }
+            }
+            r.body = self.buf.drain(..n).collect();
+            r.complete = true;
+            Some(r)
+        } else {
+            while self.fill() {}
+            r.body = std::mem::take(&mut self.buf);
+            r.complete = true;
+            Some(r)
+        }
+    }
+
+    /// True if the peer closed the connection (reads EOF or reset).
+    pub fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+}
+
+/// One request on a fresh connection.
+pub fn http(addr: SocketAddr, raw: &str) -> HttpResp {
+    let mut c = HttpConn::connect(addr);
+    c.send(raw.as_bytes());
+    c.response(raw.starts_with("HEAD "))
+        .expect("connection closed without a response")
+}
+
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> HttpResp {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Wait until `f` is true, polling; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The LB's status document.
+pub fn status(path: &std::path::Path) -> serde_json::Value {
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Workers in an LB's pool, by name.
+pub fn pool_workers(path: &std::path::Path) -> Vec<String> {
+    status(path)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Open descriptors of a process that point at deleted spill files.
+pub fn spill_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|p| {
+                    let s = p.to_string_lossy();
+                    s.contains("resumelb-") && s.contains(".spill")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A hand-driven worker: the test decides every frame it sends.
+pub struct FakeWorker {
+    pub addr: SocketAddr,
+    listener: std::net::TcpListener,
+}
+
+pub struct FakeConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FakeWorker {
+    pub fn start() -> FakeWorker {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        FakeWorker {
+            addr: listener.local_addr().unwrap(),
+            listener,
+        }
+    }
+
+    /// Accept the LB's connection and send it an empty résumé.
+    pub fn accept(&self) -> FakeConn {
+        let (stream, _) = self.listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut c = FakeConn {
+            stream,
+            buf: Vec::new(),
+        };
+        c.send(&ToLb::Resume(Resume::new()));
+        c
+    }
+}
+
+impl FakeConn {
+    pub fn send(&mut self, msg: &ToLb) {
+        let mut out = Vec::new();
+        msg.encode(&mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame from the LB, skipping keep-alives; `None` on close.
+    pub fn recv(&mut self) -> Option<ToWorker> {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match ToWorker::decode(&self.buf, DEFAULT_MAX_FRAME).expect("LB sent a bad frame") {
+                Decoded::Complete(ToWorker::KeepAlive, used) => {
+                    self.buf.drain(..used);
+                    continue;
+                }
+                Decoded::Complete(m, used) => {
+                    self.buf.drain(..used);
+                    return Some(m);
+                }
+                Decoded::Partial => {}
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// A whole request: (rno, environ, body).
+    pub fn request(&mut self) -> (Rno, Environ, Vec<u8>) {
+        let Some(ToWorker::Environ(rno, env)) = self.recv() else {
+            panic!("expected an environ")
+        };
+        let mut body = Vec::new();
+        loop {
+            match self.recv() {
+                Some(ToWorker::Body(r, b)) if r == rno => body.extend(b),
+                Some(ToWorker::EndOfBody(r)) if r == rno => return (rno, env, body),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    pub fn respond_head(&mut self, rno: Rno, status: &str, headers: &[(&str, &str)]) {
+        self.send(&ToLb::Head(
+            rno,
+            ResponseHead {
+                status: status.into(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            },
+        ));
+    }
+}
