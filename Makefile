@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PREFIX ?= /usr/local
 
-.PHONY: all build test fmt-check clippy unit man-lint deps bench-pool clean
+.PHONY: all build test fmt-check clippy unit man-lint deps demo bench bench-pool clean
 
 all: build
 
@@ -39,6 +39,18 @@ $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q waitress
 	touch $@
+
+## Four demo workers and an LB on loopback, a classed workload with the
+## résumé pool and then the classless pool; one table (DEMO_SECONDS=20).
+demo:
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/demo
+
+## Figures: LB overhead against a direct upstream, then the pool.
+bench:
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/bench
+	$(CARGO) bench --bench pool
 
 ## Pool speed: the last line is `pool get+put: <N> ns`.
 bench-pool:

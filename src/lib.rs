@@ -10,6 +10,7 @@ pub mod classify;
 pub mod cli;
 pub mod http;
 pub mod lb;
+pub mod loadgen;
 pub mod pool;
 pub mod proto;
 pub mod resume;

@@ -117,3 +117,13 @@ fn protocol_page_exists_with_the_frame_vectors() {
     let text = page_text("resumelb-protocol.7");
     assert!(text.contains("00000000 00000006 a1 6161 f93e00"));
 }
+
+#[test]
+fn resumelb_page_matches_its_options() {
+    check(env!("CARGO_BIN_EXE_resumelb"), "resumelb.1");
+}
+
+#[test]
+fn get_lb_status_page_matches_its_options() {
+    check(env!("CARGO_BIN_EXE_get-lb-status"), "get-lb-status.1");
+}

@@ -1,0 +1,343 @@
+//! Our load generator, for `make demo` and `make bench`: keep-alive HTTP/1.1
+//! connections from client threads, bounded in time and in count, to
+//! loopback addresses only.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one request should be: (Host header, path).
+pub type RequestMaker = dyn Fn(&mut Rng) -> (String, String) + Send + Sync;
+
+/// A load to apply.
+pub struct LoadSpec {
+    pub target: SocketAddr,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Stop after this many requests in all.
+    pub max_requests: u64,
+    pub make: Arc<RequestMaker>,
+    /// Read the demo app's JSON report (hits, misses).
+    pub demo_report: bool,
+    pub seed: u64,
+}
+
+/// What a load run measured.
+#[derive(Debug, Default, Clone)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds, sorted.
+    pub latencies: Vec<u32>,
+    /// Requests per `X-Worker` value.
+    pub per_worker: BTreeMap<String, u64>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl LoadResult {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency percentile in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p / 100.0).round() as usize;
+        f64::from(self.latencies[i]) / 1000.0
+    }
+
+    pub fn hit_rate(&self) -> f64 {
+        let all = self.hits + self.misses;
+        if all == 0 {
+            0.0
+        } else {
+            self.hits as f64 / all as f64
+        }
+    }
+}
+
+/// SplitMix64, seeded per connection.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// A float in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Response {
+    worker: Option<String>,
+    body: Vec<u8>,
+    close: bool,
+}
+
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Response> {
+    let mut chunk = [0u8; 65536];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(used) = resp
+            .parse(buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+        {
+            let mut len = None;
+            let mut worker = None;
+            let mut close = false;
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    len = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok());
+                } else if h.name.eq_ignore_ascii_case("x-worker") {
+                    worker = Some(String::from_utf8_lossy(h.value).to_string());
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    close = h.value.eq_ignore_ascii_case(b"close");
+                }
+            }
+            let len: usize = len.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response without Content-Length",
+                )
+            })?;
+            let code = resp.code.unwrap_or(0);
+            while buf.len() < used + len {
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[used..used + len].to_vec();
+            buf.drain(..used + len);
+            if code != 200 {
+                return Err(io::Error::other(format!("status {code}")));
+            }
+            return Ok(Response {
+                worker,
+                body,
+                close,
+            });
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Apply a load and measure it.
+pub fn run(spec: &LoadSpec) -> io::Result<LoadResult> {
+    if !spec.target.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the load generator only targets loopback addresses",
+        ));
+    }
+    let start = Instant::now();
+    let deadline = start + spec.duration;
+    let per_conn = spec.max_requests / spec.connections.max(1) as u64 + 1;
+    let threads: Vec<_> = (0..spec.connections)
+        .map(|i| {
+            let make = spec.make.clone();
+            let target = spec.target;
+            let demo = spec.demo_report;
+            let seed = spec.seed.wrapping_add(i as u64 * 7919);
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(seed);
+                let mut r = LoadResult::default();
+                let mut conn: Option<TcpStream> = None;
+                let mut buf = Vec::new();
+                let mut sent = 0;
+                while Instant::now() < deadline && sent < per_conn {
+                    sent += 1;
+                    let s = match conn.as_mut() {
+                        Some(s) => s,
+                        None => match TcpStream::connect(target) {
+                            Ok(s) => {
+                                let _ = s.set_nodelay(true);
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                                buf.clear();
+                                conn.insert(s)
+                            }
+                            Err(_) => {
+                                r.errors += 1;
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        },
+                    };
+                    let (host, path) = make(&mut rng);
+                    let t0 = Instant::now();
+                    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+                    let result = s
+                        .write_all(req.as_bytes())
+                        .and_then(|_| read_response(s, &mut buf));
+                    match result {
+                        Ok(resp) => {
+                            let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            r.latencies.push(us);
+                            r.requests += 1;
+                            if let Some(w) = resp.worker {
+                                *r.per_worker.entry(w).or_default() += 1;
+                            }
+                            if demo {
+                                if let Ok(j) =
+                                    serde_json::from_slice::<serde_json::Value>(&resp.body)
+                                {
+                                    r.hits += j["hits"].as_u64().unwrap_or(0);
+                                    r.misses += j["misses"].as_u64().unwrap_or(0);
+                                }
+                            }
+                            if resp.close {
+                                conn = None;
+                            }
+                        }
+                        Err(_) => {
+                            r.errors += 1;
+                            conn = None;
+                        }
+                    }
+                }
+                r
+            })
+        })
+        .collect();
+    let mut total = LoadResult::default();
+    for t in threads {
+        let r = t
+            .join()
+            .map_err(|_| io::Error::other("a load thread panicked"))?;
+        total.requests += r.requests;
+        total.errors += r.errors;
+        total.latencies.extend(r.latencies);
+        for (w, n) in r.per_worker {
+            *total.per_worker.entry(w).or_default() += n;
+        }
+        total.hits += r.hits;
+        total.misses += r.misses;
+    }
+    total.elapsed = start.elapsed();
+    total.latencies.sort_unstable();
+    Ok(total)
+}
+
+/// A process of ours started for a demo or benchmark; killed on drop.
+pub struct Spawned {
+    pub child: std::process::Child,
+    /// The address it logged it listens on.
+    pub addr: SocketAddr,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `bin` and wait (up to 10 s) for its stderr line `… <ready> ADDR …`.
+pub fn spawn(bin: &std::path::Path, args: &[&str], ready: &str) -> io::Result<Spawned> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", bin.display())))?;
+    let err = child
+        .stderr
+        .take()
+        .ok_or_else(|| io::Error::other("no stderr"))?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in io::BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if !sent {
+                if let Some(rest) = line.split(&ready).nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+            // Keep draining so that the child never blocks on stderr.
+        }
+    });
+    let mut s = Spawned {
+        child,
+        addr: "127.0.0.1:0".parse().expect("literal"),
+    };
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| io::Error::other(format!("{} did not start", bin.display())))?;
+    s.addr = addr
+        .parse()
+        .map_err(|_| io::Error::other(format!("bad address {addr:?}")))?;
+    Ok(s)
+}
+
+/// The directory of our binaries, next to a running example or bench.
+pub fn bin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    if dir.ends_with("examples") || dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_loopback_targets() {
+        let spec = LoadSpec {
+            target: "192.0.2.1:80".parse().unwrap(),
+            connections: 1,
+            duration: Duration::from_millis(1),
+            max_requests: 1,
+            make: Arc::new(|_| ("a".into(), "/".into())),
+            demo_report: false,
+            seed: 1,
+        };
+        assert!(run(&spec).is_err());
+    }
+
+    #[test]
+    fn percentiles() {
+        let r = LoadResult {
+            latencies: (1..=100).map(|i| i * 1000).collect(),
+            ..LoadResult::default()
+        };
+        assert_eq!(r.percentile_ms(50.0), 51.0);
+        assert_eq!(r.percentile_ms(99.0), 99.0);
+    }
+}
