@@ -460,3 +460,84 @@ fn draining_worker_gets_no_new_requests_and_finishes_its_own() {
     assert!(r.worker().ends_with(&port_a));
     assert_eq!(a.proc.wait(T), Some(0));
 }
+
+#[test]
+fn client_going_away_cancels_on_the_worker_and_access_log_records() {
+    let dir = TempDir::new("cancel");
+    let log = dir.path("access.log");
+    let fake = FakeWorker::start();
+    let lb = start_lb(&["-l", log.to_str().unwrap(), &fake.addr.to_string()]);
+    let mut wc = fake.accept();
+    wait_joined(&lb, 1);
+
+    let mut c = HttpConn::connect(lb.addr);
+    c.send(b"GET /gone HTTP/1.1\r\nHost: www.Cancel.com\r\n\r\n");
+    let (rno, env, _) = wc.request();
+    assert_eq!(env["resumelb.request_class"], "cancel.com");
+    drop(c);
+    match wc.recv() {
+        Some(resumelb::proto::ToWorker::Cancel(r)) => assert_eq!(r, rno),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+
+    let mut c = HttpConn::connect(lb.addr);
+    c.send(b"GET /ok?x=1 HTTP/1.1\r\nHost: a.com\r\nConnection: close\r\n\r\n");
+    let (rno, _, _) = wc.request();
+    wc.respond_head(rno, "200 OK", &[("Content-Length", "5")]);
+    wc.send(&ToLb::Body(rno, b"hello".to_vec()));
+    wc.send(&ToLb::End(rno));
+    assert_eq!(c.response(false).unwrap().body, b"hello");
+    wait_until("the access log line", T, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("/ok")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains("/ok")).unwrap();
+    // CLF, then duration and class.
+    let re = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /ok\?x=1 HTTP/1\.1" 200 5 \d+\.\d{6} a\.com$"#,
+    )
+    .unwrap();
+    assert!(re.is_match(line), "{line}");
+}
+
+#[test]
+fn changing_the_worker_set_never_opens_two_connections_to_one_address() {
+    use resumelb::lb::{Command, Lb, LbConfig, WorkerSpec};
+    let w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let spec = WorkerSpec::new(&w.addr.to_string());
+    let lb = Lb::bind(LbConfig {
+        workers: vec![spec.clone()],
+        ..LbConfig::default()
+    })
+    .unwrap();
+    let addr = lb.local_addr();
+    let handle = lb.handle();
+    let t = std::thread::spawn(move || lb.run());
+    wait_until("a first response", T, || get(addr, "x", "/1").status == 200);
+    // Listed again, and again, and with itself twice: still one connection.
+    for _ in 0..20 {
+        handle.send(Command::SetWorkers(vec![spec.clone()]));
+        handle.send(Command::SetWorkers(vec![spec.clone(), spec.clone()]));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(addr, "x", "/1").status, 200);
+    let connected = w
+        .proc
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("LB connected"))
+        .count();
+    assert_eq!(connected, 1, "{}", w.proc.stderr());
+    // Removed: closed, and requests wait (here: 503 after the timeout is
+    // not awaited; the pool is simply empty).
+    handle.send(Command::SetWorkers(vec![]));
+    w.proc.wait_for("closed by the LB", T);
+    handle.send(Command::SetWorkers(vec![spec]));
+    wait_until("the worker back", T, || get(addr, "x", "/1").status == 200);
+    handle.send(Command::Stop);
+    t.join().unwrap().unwrap();
+}
