@@ -22,8 +22,10 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
+## The tests run with a ZooKeeper server of their own (scripts/with-zookeeper
+## installs Debian's zookeeper when missing, starts it, stops it afterwards).
 unit:
-	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test
+	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python scripts/with-zookeeper $(CARGO) test
 
 man-lint:
 	mandoc -Tlint -W warning man/*.1 man/*.7

@@ -17,3 +17,4 @@ pub mod resume;
 pub mod tracelog;
 pub mod util;
 pub mod worker;
+pub mod zk;

@@ -38,11 +38,14 @@ impl ResumeSettings {
             .unwrap_or_else(|| self.history.saturating_mul(10))
     }
 
-    /// Settings from properties (ZooKeeper node data); absent → default,
-    /// `"99"` and `99.5` → 99. Unusable values are named in the errors and
-    /// replaced by the default.
-    pub fn from_properties(props: &Map<String, Value>) -> (ResumeSettings, Vec<String>) {
-        let mut s = ResumeSettings::default();
+    /// Settings from properties (ZooKeeper node data); absent → the value
+    /// in `defaults`, `"99"` and `99.5` → 99. Unusable values are named in
+    /// the errors and replaced by the default.
+    pub fn from_properties(
+        props: &Map<String, Value>,
+        defaults: &ResumeSettings,
+    ) -> (ResumeSettings, Vec<String>) {
+        let mut s = *defaults;
         let mut errors = Vec::new();
         let whole = |v: &Value| {
             match v {
@@ -356,11 +359,14 @@ mod tests {
         assert!(t.record("a", 1.0).is_some());
         assert_eq!(t.settings().max_skill_age(), 20);
         let props = serde_json::json!({"history": "7", "max_skill_age": 70.9});
-        let (s, errs) = ResumeSettings::from_properties(props.as_object().unwrap());
+        let (s, errs) =
+            ResumeSettings::from_properties(props.as_object().unwrap(), &ResumeSettings::default());
         assert!(errs.is_empty());
         assert_eq!((s.history, s.max_skill_age()), (7, 70));
-        let (s, errs) =
-            ResumeSettings::from_properties(serde_json::json!({"history": 0}).as_object().unwrap());
+        let (s, errs) = ResumeSettings::from_properties(
+            serde_json::json!({"history": 0}).as_object().unwrap(),
+            &ResumeSettings::default(),
+        );
         assert_eq!(s, ResumeSettings::default());
         assert_eq!(errs.len(), 1);
     }

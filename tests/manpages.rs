@@ -127,3 +127,8 @@ fn resumelb_page_matches_its_options() {
 fn get_lb_status_page_matches_its_options() {
     check(env!("CARGO_BIN_EXE_get-lb-status"), "get-lb-status.1");
 }
+
+#[test]
+fn zkresumelb_page_matches_its_options() {
+    check(env!("CARGO_BIN_EXE_zkresumelb"), "zkresumelb.1");
+}

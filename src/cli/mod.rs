@@ -6,6 +6,7 @@ pub mod get_lb_status;
 pub mod get_worker_resume;
 pub mod lb;
 pub mod worker;
+pub mod zklb;
 
 use std::fmt::Display;
 use std::process::ExitCode;
@@ -67,7 +68,9 @@ pub fn parse(
         print!("{}", opts.usage(&format!("Usage: {name} {synopsis}")));
         return Ok(None);
     }
-    if m.opt_present("V") {
+    // `--version` with a value is the worker's version (ZooKeeper), not a
+    // request to print ours.
+    if m.opt_present("V") && m.opt_str("V").is_none() {
         println!("{name} {}", env!("CARGO_PKG_VERSION"));
         return Ok(None);
     }

@@ -6,15 +6,20 @@ use std::time::Duration;
 
 use getopts::Options;
 
-use super::{init_logging, parse, seconds, standard_options, value, CliError};
+use super::{init_logging, parse, seconds, value, CliError};
 use crate::resume::ResumeSettings;
 use crate::tracelog::TraceLog;
+use crate::util::signals::{forward, SignalEvent};
 use crate::worker::demo::{DemoApp, DemoConfig};
 use crate::worker::upstream::UpstreamApp;
 use crate::worker::{resolve, App, Worker, WorkerConfig};
+use crate::zk::{registration_addresses, Agent, AgentSpec, Update};
+
+/// ZooKeeper session timeout of workers and LBs.
+pub const ZK_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const NAME: &str = "resumelb-worker";
-const SYNOPSIS: &str = "-a HOST:PORT --app demo|upstream:HOST:PORT [options]";
+const SYNOPSIS: &str = "-a HOST:PORT --app demo|upstream:HOST:PORT [options]\n       resumelb-worker -a HOST:PORT --app APP --zookeeper CONN --path PATH [options]";
 
 /// Which application to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +119,21 @@ pub fn options() -> Options {
         "seconds a graceful shutdown waits for requests in flight (default 99)",
         "SECONDS",
     );
-    standard_options(&mut o);
+    o.optopt(
+        "",
+        "zookeeper",
+        "register in ZooKeeper at these servers and read settings there",
+        "HOST:PORT[,...]",
+    );
+    o.optopt("", "path", "ZooKeeper node of the worker tree: settings in its properties, registration under PATH/providers", "PATH");
+    o.optopt(
+        "",
+        "description",
+        "ZooKeeper: description to register",
+        "TEXT",
+    );
+    o.optflag("h", "help", "print this help and exit");
+    o.optflagopt("V", "version", "print the version and exit; with a value (--version V), the version to register in ZooKeeper", "V");
     o
 }
 
@@ -126,11 +145,37 @@ pub struct WorkerArgs {
     pub demo: DemoConfig,
     pub upstream_timeout: Duration,
     pub tracelog: Option<String>,
+    pub zookeeper: Option<ZkArgs>,
+}
+
+/// `--zookeeper`, `--path`, `--description`, `--version V`.
+pub struct ZkArgs {
+    pub connect: String,
+    pub path: String,
+    pub description: Option<String>,
+}
+
+/// `--version V` (a worker version for ZooKeeper) as getopts reads an
+/// optional value: `--version=V`. A bare `--version` still prints ours.
+fn join_version_value(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        if a == "--version" {
+            if let Some(v) = it.next_if(|v| !v.starts_with('-')) {
+                out.push(format!("--version={v}"));
+                continue;
+            }
+        }
+        out.push(a.clone());
+    }
+    out
 }
 
 pub fn parse_args(args: &[String]) -> Result<Option<WorkerArgs>, CliError> {
     let opts = options();
-    let Some(m) = parse(NAME, SYNOPSIS, &opts, args)? else {
+    let args = join_version_value(args);
+    let Some(m) = parse(NAME, SYNOPSIS, &opts, &args)? else {
         return Ok(None);
     };
     if let Some(extra) = m.free.first() {
@@ -177,7 +222,24 @@ pub fn parse_args(args: &[String]) -> Result<Option<WorkerArgs>, CliError> {
         resume_file: m.opt_str("resume-file").map(PathBuf::from),
         shutdown_timeout: seconds(&m, "shutdown-timeout", 99.0)?,
         handle_signals: true,
+        version: m.opt_str("version"),
         ..WorkerConfig::default()
+    };
+    let zookeeper = match (m.opt_str("zookeeper"), m.opt_str("path")) {
+        (Some(connect), Some(path)) => {
+            if !path.starts_with('/') {
+                return Err(CliError::Usage(format!(
+                    "--path {path:?} must start with /"
+                )));
+            }
+            Some(ZkArgs {
+                connect,
+                path: path.trim_end_matches('/').to_string(),
+                description: m.opt_str("description"),
+            })
+        }
+        (None, None) => None,
+        _ => return Err(CliError::Usage("--zookeeper and --path go together".into())),
     };
     Ok(Some(WorkerArgs {
         address,
@@ -186,6 +248,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<WorkerArgs>, CliError> {
         demo,
         upstream_timeout: seconds(&m, "upstream-timeout", 99.0)?,
         tracelog: m.opt_str("tracelog"),
+        zookeeper,
     }))
 }
 
@@ -197,7 +260,11 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         a.config.tracelog = TraceLog::open(t)
             .map_err(|e| CliError::Failed(format!("cannot open trace log {t}: {e}")))?;
     }
-    let worker = Worker::bind(&a.address, a.config)
+    if a.zookeeper.is_some() {
+        // Signals go through the ZooKeeper agent (deregister first).
+        a.config.handle_signals = false;
+    }
+    let worker = Worker::bind(&a.address, a.config.clone())
         .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.address)))?;
     let bound = worker.local_addr();
     let app: Arc<dyn App> = match &a.app {
@@ -211,7 +278,72 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
             Arc::new(UpstreamApp::new(sa, a.upstream_timeout))
         }
     };
+    let _agent = match &a.zookeeper {
+        Some(z) => Some(start_zookeeper(z, &worker, &a.config)?),
+        None => None,
+    };
     worker.run(app).map_err(|e| CliError::Failed(e.to_string()))
+}
+
+/// Register in ZooKeeper, follow the settings there, and leave ZooKeeper
+/// first when told to stop.
+fn start_zookeeper(
+    z: &ZkArgs,
+    worker: &Worker,
+    config: &WorkerConfig,
+) -> Result<Arc<Agent>, CliError> {
+    let mut data = serde_json::Map::new();
+    data.insert("pid".into(), std::process::id().into());
+    if let Some(d) = &z.description {
+        data.insert("description".into(), d.clone().into());
+    }
+    if let Some(v) = &config.version {
+        data.insert("version".into(), v.clone().into());
+    }
+    let data = serde_json::Value::Object(data).to_string().into_bytes();
+    let registrations = registration_addresses(worker.local_addr())
+        .into_iter()
+        .map(|a| (format!("{}/providers/{a}", z.path), data.clone()))
+        .collect();
+    let handle = worker.handle();
+    let defaults = config.resume;
+    let settings_handle = handle.clone();
+    let agent = Arc::new(
+        Agent::start(
+            AgentSpec {
+                connect: z.connect.clone(),
+                session_timeout: ZK_SESSION_TIMEOUT,
+                registrations,
+                settings_path: Some(z.path.clone()),
+                providers_path: None,
+            },
+            move |update| {
+                if let Update::Settings(props) = update {
+                    let (s, errors) = ResumeSettings::from_properties(&props, &defaults);
+                    for e in errors {
+                        log::warn!("{e}");
+                    }
+                    settings_handle.update_resume_settings(s);
+                }
+            },
+        )
+        .map_err(|e| CliError::Failed(format!("cannot start the ZooKeeper agent: {e}")))?,
+    );
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let agent2 = agent.clone();
+    forward(move |ev| match ev {
+        SignalEvent::Reopen => handle.reopen_logs(),
+        SignalEvent::Stop => {
+            if stopping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                handle.stop_now();
+            } else {
+                agent2.deregister(Duration::from_secs(3));
+                handle.stop();
+            }
+        }
+    })
+    .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
+    Ok(agent)
 }
 
 #[cfg(test)]
@@ -232,6 +364,16 @@ mod tests {
             );
         }
         assert!("upstream".parse::<AppSpec>().is_err());
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            join_version_value(&a(&["--version", "7", "-L", "info"])),
+            a(&["--version=7", "-L", "info"])
+        );
+        assert_eq!(join_version_value(&a(&["--version"])), a(&["--version"]));
+        assert_eq!(
+            join_version_value(&a(&["--version", "--threads", "2"])),
+            a(&["--version", "--threads", "2"])
+        );
         assert!("wsgi".parse::<AppSpec>().is_err());
     }
 }

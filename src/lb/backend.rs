@@ -38,6 +38,11 @@ pub(super) struct WorkerConn {
     pub joined: bool,
     /// Said "drain": no new requests; closed when idle.
     pub draining: bool,
+    /// No longer in the worker list: out of the pool, closed when idle
+    /// (or back in the pool if listed again meanwhile).
+    pub unlisted: bool,
+    /// Its latest résumé.
+    pub resume: crate::proto::Resume,
     pub hello: Option<Hello>,
     next_rno: Rno,
     pub inflight: HashMap<Rno, Inflight>,
@@ -124,6 +129,8 @@ impl Loop {
                 wpos: 0,
                 joined: false,
                 draining: false,
+                unlisted: false,
+                resume: crate::proto::Resume::new(),
                 hello: None,
                 next_rno: 0,
                 inflight: HashMap::new(),
@@ -172,11 +179,11 @@ impl Loop {
                 Ok(None) if !readable && !writable => return,
                 Ok(Some(e)) | Err(e) => {
                     let why = format!("connect failed: {e}");
-                    self.close_worker(slot, &why, true);
+                    self.close_worker(slot, &why);
                     return;
                 }
                 Ok(None) => {
-                    self.close_worker(slot, "connect failed", true);
+                    self.close_worker(slot, "connect failed");
                     return;
                 }
             }
@@ -195,7 +202,7 @@ impl Loop {
             let Some(w) = self.worker(slot) else { return };
             match w.stream.read(&mut chunk) {
                 Ok(0) => {
-                    self.close_worker(slot, "closed by the worker", true);
+                    self.close_worker(slot, "closed by the worker");
                     return;
                 }
                 Ok(n) => {
@@ -207,14 +214,14 @@ impl Loop {
                             .map(|w| w.addr.clone())
                             .unwrap_or_default();
                         log::error!("protocol error from worker {addr}: {why}");
-                        self.close_worker(slot, &format!("protocol error: {why}"), true);
+                        self.close_worker(slot, &format!("protocol error: {why}"));
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close_worker(slot, &format!("read failed: {e}"), true);
+                    self.close_worker(slot, &format!("read failed: {e}"));
                     return;
                 }
             }
@@ -255,7 +262,8 @@ impl Loop {
             ToLb::KeepAlive | ToLb::Unknown(_) => {}
             ToLb::Hello(h) => w.hello = Some(h),
             ToLb::Resume(r) => {
-                if w.draining {
+                w.resume = r.clone();
+                if w.draining || w.unlisted {
                     return Ok(());
                 }
                 let first = !w.joined;
@@ -341,17 +349,45 @@ impl Loop {
         self.close_if_drained(wslot);
     }
 
-    fn close_if_drained(&mut self, slot: usize) {
+    pub(super) fn close_if_drained(&mut self, slot: usize) {
         if let Some(w) = self.worker(slot) {
-            if w.draining && w.inflight.is_empty() {
-                self.close_worker(slot, "drained", true);
+            if (w.draining || w.unlisted) && w.inflight.is_empty() {
+                let why = if w.draining {
+                    "drained"
+                } else {
+                    "removed from the worker list"
+                };
+                self.close_worker(slot, why);
             }
+        }
+    }
+
+    /// The address is no longer listed: no new requests; close when idle.
+    pub(super) fn unlist_worker(&mut self, slot: usize) {
+        let Some(w) = self.worker(slot) else { return };
+        if !w.unlisted {
+            w.unlisted = true;
+            let wid = w.wid();
+            self.balancer.remove(wid);
+        }
+        self.close_if_drained(slot);
+    }
+
+    /// The address is listed again while its connection is still open:
+    /// back into the pool with its latest résumé.
+    pub(super) fn relist_worker(&mut self, slot: usize, version: Option<&str>) {
+        let Some(w) = self.worker(slot) else { return };
+        w.unlisted = false;
+        if w.joined && !w.draining {
+            let (wid, resume) = (w.wid(), w.resume.clone());
+            self.balancer.new_resume(wid, version, resume);
+            self.serve_waiting();
         }
     }
 
     /// Close a worker connection. Requests in flight end at once: retried
     /// or answered 502 (before their head went out), or cut off (after).
-    pub(super) fn close_worker(&mut self, slot: usize, why: &str, reconnect: bool) {
+    pub(super) fn close_worker(&mut self, slot: usize, why: &str) {
         let Some(Conn::Worker(mut w)) = self.conns.remove(slot) else {
             return;
         };
@@ -372,12 +408,11 @@ impl Loop {
             self.balancer.put(wid);
         }
         self.balancer.remove(wid);
+        let retry = Instant::now() + self.cfg.reconnect_interval;
         if let Some(a) = self.addrs.get_mut(&w.addr) {
             if a.slot == Some(slot) {
                 a.slot = None;
-                if !reconnect {
-                    a.retry_at = Instant::now();
-                }
+                a.retry_at = retry;
             }
         }
         for (cs, cid) in lost {
@@ -417,7 +452,7 @@ impl Loop {
             }
         };
         match result {
-            Err(e) => self.close_worker(slot, &format!("write failed: {e}"), true),
+            Err(e) => self.close_worker(slot, &format!("write failed: {e}")),
             Ok(()) => {
                 // Room again: more request bodies can go.
                 let more = self
@@ -460,7 +495,7 @@ impl Loop {
             if let Some(w) = self.worker(slot) {
                 log::warn!("worker {}: {why}", w.addr);
             }
-            self.close_worker(slot, why, true);
+            self.close_worker(slot, why);
         }
         self.connect_due(now);
     }

@@ -208,6 +208,7 @@ impl Loop {
                 }
                 Command::Stop => stop += 1,
                 Command::StopNow => stop += 2,
+                Command::Reopen => self.cfg.access_log.reopen(),
             }
         }
         if let Some(signals) = &self.signals {
@@ -251,7 +252,7 @@ impl Loop {
         for slot in self.conns.keys() {
             match self.conns.get(slot) {
                 Some(Conn::Client(_)) => self.close_client(slot, "LB shutting down"),
-                Some(Conn::Worker(_)) => self.close_worker(slot, "LB shutting down", false),
+                Some(Conn::Worker(_)) => self.close_worker(slot, "LB shutting down"),
                 _ => {
                     self.conns.remove(slot);
                 }
@@ -298,24 +299,40 @@ impl Loop {
             if let Some(a) = self.addrs.remove(&addr) {
                 log::info!("worker {addr} removed");
                 if let Some(slot) = a.slot {
-                    self.close_worker(slot, "removed from the worker list", false);
+                    self.unlist_worker(slot);
                 }
             }
         }
         let now = Instant::now();
         for (addr, version) in wanted {
             match self.addrs.get_mut(&addr) {
-                Some(a) => a.version = version,
+                Some(a) => {
+                    if a.version != version {
+                        a.version = version.clone();
+                        if let Some(slot) = a.slot {
+                            self.relist_worker(slot, version.as_deref());
+                        }
+                    }
+                }
                 None => {
                     log::info!("worker {addr} added");
+                    // Still connected from before it was removed? Keep that
+                    // connection: never two to one address.
+                    let open = self.conns.iter().find_map(|(slot, c)| match c {
+                        Conn::Worker(w) if w.addr == addr => Some(slot),
+                        _ => None,
+                    });
                     self.addrs.insert(
                         addr,
                         Addr {
-                            version,
-                            slot: None,
+                            version: version.clone(),
+                            slot: open,
                             retry_at: now,
                         },
                     );
+                    if let Some(slot) = open {
+                        self.relist_worker(slot, version.as_deref());
+                    }
                 }
             }
         }

@@ -114,6 +114,8 @@ pub enum Command {
     UpdateSettings(Settings),
     Stop,
     StopNow,
+    /// Reopen the access log.
+    Reopen,
 }
 
 /// Controls a running LB from another thread (ZooKeeper, tests).

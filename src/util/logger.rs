@@ -14,6 +14,11 @@ struct StderrLogger {
 
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        // The ZooKeeper client chatters at info; keep it to warnings unless
+        // debugging.
+        if metadata.target().starts_with("zookeeper") && log::max_level() < LevelFilter::Debug {
+            return metadata.level() <= log::Level::Warn;
+        }
         metadata.level() <= self.level
     }
 

@@ -39,3 +39,21 @@ pub fn spawn(waker: Arc<mio::Waker>) -> io::Result<Receiver<SignalEvent>> {
         })?;
     Ok(rx)
 }
+
+/// Start a thread that calls `on` for each signal (for processes that must
+/// do something of their own, such as leaving ZooKeeper, before stopping).
+pub fn forward(on: impl Fn(SignalEvent) + Send + 'static) -> io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                on(if sig == SIGUSR2 {
+                    SignalEvent::Reopen
+                } else {
+                    SignalEvent::Stop
+                });
+            }
+        })?;
+    Ok(())
+}

@@ -340,6 +340,7 @@ impl IoLoop {
             match cmd {
                 Command::Stop => stop += 1,
                 Command::StopNow => stop += 2,
+                Command::Reopen => self.ctx.trace.reopen(),
             }
         }
         if let Some(signals) = &self.signals {

@@ -76,6 +76,8 @@ pub enum Command {
     Stop,
     /// Return at once.
     StopNow,
+    /// Reopen the trace log.
+    Reopen,
 }
 
 /// Controls a running worker from another thread.
@@ -89,6 +91,11 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     pub fn stop(&self) {
         let _ = self.cmd.send(Command::Stop);
+        let _ = self.waker.wake();
+    }
+
+    pub fn reopen_logs(&self) {
+        let _ = self.cmd.send(Command::Reopen);
         let _ = self.waker.wake();
     }
 
