@@ -5,13 +5,32 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 PREFIX ?= /usr/local
+DESTDIR ?=
+# Where the binaries to install are (the release build by default).
+BUILD_DIR ?= target/release
+BINS = resumelb zkresumelb resumelb-worker get-worker-resume get-lb-status rlb-nagios
+MAN1 = $(addsuffix .1,$(BINS))
+MAN7 = resumelb-protocol.7
 
-.PHONY: all build test fmt-check clippy unit man-lint deps demo bench bench-pool clean
+.PHONY: all build install uninstall test fmt-check clippy unit man-lint deps demo bench bench-pool clean
 
 all: build
 
 build:
 	$(CARGO) build --release
+
+## Binaries to $(PREFIX)/bin, man pages to $(PREFIX)/share/man/man1 and man7.
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7
+	for b in $(BINS); do install -m 755 $(BUILD_DIR)/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
+	for m in $(MAN1); do install -m 644 man/$$m $(DESTDIR)$(PREFIX)/share/man/man1/$$m; done
+	for m in $(MAN7); do install -m 644 man/$$m $(DESTDIR)$(PREFIX)/share/man/man7/$$m; done
+
+## Removes exactly what install put there.
+uninstall:
+	for b in $(BINS); do rm -f $(DESTDIR)$(PREFIX)/bin/$$b; done
+	for m in $(MAN1); do rm -f $(DESTDIR)$(PREFIX)/share/man/man1/$$m; done
+	for m in $(MAN7); do rm -f $(DESTDIR)$(PREFIX)/share/man/man7/$$m; done
 
 ## The whole check: formatting, lints, man pages, every test.
 test: deps fmt-check clippy man-lint unit
@@ -31,15 +50,16 @@ man-lint:
 	mandoc -Tlint -W warning man/*.1 man/*.7
 
 ## Test dependencies: waitress (the WSGI server behind the upstream app
-## tests) in a virtualenv, and mandoc for the man page lint.
+## tests) and zdaemon (supervision tests) in a virtualenv, and mandoc for
+## the man page lint.
 deps: $(VENV)/.installed
 	@command -v mandoc >/dev/null || { \
 	  echo "installing mandoc"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc; }
 
-$(VENV)/.installed:
+$(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q waitress
+	$(VENV)/bin/pip install -q waitress zdaemon
 	touch $@
 
 ## Four demo workers and an LB on loopback, a classed workload with the

@@ -132,3 +132,8 @@ fn get_lb_status_page_matches_its_options() {
 fn zkresumelb_page_matches_its_options() {
     check(env!("CARGO_BIN_EXE_zkresumelb"), "zkresumelb.1");
 }
+
+#[test]
+fn rlb_nagios_page_matches_its_options() {
+    check(env!("CARGO_BIN_EXE_rlb-nagios"), "rlb-nagios.1");
+}

@@ -58,6 +58,18 @@ pub fn common_options(o: &mut Options) {
         "PATH",
     );
     o.optopt("p", "pool", "resume (default) or classless", "POOL");
+    o.optopt(
+        "",
+        "metrics-address",
+        "serve Prometheus metrics at http://HOST:PORT/metrics",
+        "HOST:PORT",
+    );
+    o.optopt(
+        "",
+        "metrics-max-classes",
+        "request classes named in metrics, the rest as other (default 100)",
+        "N",
+    );
     standard_options(o);
 }
 
@@ -125,6 +137,8 @@ pub fn common_config(m: &Matches) -> Result<LbConfig, CliError> {
         status_path: m.opt_str("status-server").map(Into::into),
         access_log,
         handle_signals: true,
+        metrics_address: m.opt_str("metrics-address"),
+        metrics_max_classes: value(m, "metrics-max-classes", 100)?,
         ..LbConfig::default()
     })
 }

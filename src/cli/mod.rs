@@ -5,6 +5,7 @@
 pub mod get_lb_status;
 pub mod get_worker_resume;
 pub mod lb;
+pub mod nagios;
 pub mod worker;
 pub mod zklb;
 

@@ -692,7 +692,10 @@ impl Loop {
         self.client_pull(cslot);
     }
 
+    /// An exchange ended: metrics and the access log.
     fn access_line_for(&mut self, cslot: usize, ex: &Exchange, status: u16) {
+        let seconds = ex.started.elapsed().as_secs_f64();
+        self.metrics.observe(&ex.class, status, seconds);
         if !self.cfg.access_log.is_enabled() {
             return;
         }
@@ -710,7 +713,7 @@ impl Loop {
             } else {
                 ex.sent_body.to_string()
             },
-            ex.started.elapsed().as_secs_f64(),
+            seconds,
             if ex.class.is_empty() { "-" } else { &ex.class },
         );
         self.cfg.access_log.line(line);

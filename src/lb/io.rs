@@ -71,6 +71,7 @@ pub(super) struct Loop {
     pub dirty: Vec<usize>,
     pub stopping: Option<Instant>,
     pub counters: Counters,
+    pub metrics: super::metrics::Metrics,
     cmd_rx: Receiver<Command>,
     ticks: Receiver<()>,
     signals: Option<Receiver<SignalEvent>>,
@@ -107,6 +108,7 @@ impl Loop {
         };
         let balancer = Balancer::new(cfg.pool, cfg.settings, cfg.single_version);
         let workers = cfg.workers.clone();
+        let metrics = super::metrics::Metrics::new(cfg.metrics_max_classes);
         let mut lp = Loop {
             poll,
             listener: Some(listener),
@@ -124,6 +126,7 @@ impl Loop {
             dirty: Vec::new(),
             stopping: None,
             counters: Counters::default(),
+            metrics,
             cmd_rx,
             ticks,
             signals,
@@ -209,6 +212,9 @@ impl Loop {
                 Command::Stop => stop += 1,
                 Command::StopNow => stop += 2,
                 Command::Reopen => self.cfg.access_log.reopen(),
+                Command::Scrape(tx) => {
+                    let _ = tx.send(self.metrics_text());
+                }
             }
         }
         if let Some(signals) = &self.signals {

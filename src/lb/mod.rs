@@ -14,6 +14,7 @@ mod backend;
 mod client;
 pub mod environ;
 mod io;
+pub mod metrics;
 pub mod outbuf;
 pub mod status;
 
@@ -63,6 +64,10 @@ pub struct LbConfig {
     pub spill_threshold: usize,
     /// A client's response bytes kept in memory before spilling to a file.
     pub client_mem_cap: usize,
+    /// Serve Prometheus metrics here.
+    pub metrics_address: Option<String>,
+    /// Request classes named in metrics; the rest are `other`.
+    pub metrics_max_classes: usize,
 }
 
 impl Default for LbConfig {
@@ -86,6 +91,8 @@ impl Default for LbConfig {
             reconnect_interval: Duration::from_secs(1),
             spill_threshold: 1 << 20,
             client_mem_cap: 256 * 1024,
+            metrics_address: None,
+            metrics_max_classes: 100,
         }
     }
 }
@@ -116,6 +123,8 @@ pub enum Command {
     StopNow,
     /// Reopen the access log.
     Reopen,
+    /// Send the metrics text.
+    Scrape(metrics::Scrape),
 }
 
 /// Controls a running LB from another thread (ZooKeeper, tests).
@@ -251,6 +260,14 @@ impl Lb {
         };
         let ticks = spawn_ticker(self.waker.clone())?;
         log::info!("listening on {}", self.addr);
+        if let Some(addr) = &self.config.metrics_address {
+            let handle = self.handle();
+            let bound = metrics::serve(resolve(addr)?, move |tx| handle.send(Command::Scrape(tx)))
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("metrics address {addr}: {e}"))
+                })?;
+            log::info!("metrics on http://{bound}/metrics");
+        }
         let lp = io::Loop::new(
             self.poll,
             self.listener,

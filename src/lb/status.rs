@@ -110,6 +110,129 @@ impl Loop {
     }
 }
 
+impl Loop {
+    /// Prometheus text: the counters, then the pool and the workers.
+    pub(super) fn metrics_text(&self) -> String {
+        use super::metrics::{escape, family};
+        let mut out = String::with_capacity(4096);
+        self.metrics.render(&mut out);
+        let st = self.balancer.status();
+        family(
+            &mut out,
+            "resumelb_pool_backlog",
+            "gauge",
+            "Requests in flight in the pool.",
+            &[(String::new(), st.backlog as f64)],
+        );
+        family(
+            &mut out,
+            "resumelb_pool_mean_backlog",
+            "gauge",
+            "The pool's decayed mean backlog.",
+            &[(String::new(), st.mean_backlog)],
+        );
+        let mut by_id: HashMap<u64, &super::backend::WorkerConn> = HashMap::new();
+        for (_, c) in self.conns.iter() {
+            if let Conn::Worker(w) = c {
+                by_id.insert(w.id, w);
+            }
+        }
+        let mut backlog = Vec::new();
+        let mut mean = Vec::new();
+        let mut size = Vec::new();
+        for ws in &st.workers {
+            if let Some(w) = by_id.get(&ws.id.0) {
+                let l = format!("worker=\"{}\"", escape(&w.addr));
+                backlog.push((l.clone(), ws.backlog as f64));
+                mean.push((l.clone(), ws.mean_backlog));
+                size.push((l, ws.resume_size as f64));
+            }
+        }
+        backlog.sort_by(|a, b| a.0.cmp(&b.0));
+        mean.sort_by(|a, b| a.0.cmp(&b.0));
+        size.sort_by(|a, b| a.0.cmp(&b.0));
+        family(
+            &mut out,
+            "resumelb_worker_backlog",
+            "gauge",
+            "Requests in flight on a worker.",
+            &backlog,
+        );
+        family(
+            &mut out,
+            "resumelb_worker_mean_backlog",
+            "gauge",
+            "A worker's decayed mean backlog.",
+            &mean,
+        );
+        family(
+            &mut out,
+            "resumelb_worker_resume_size",
+            "gauge",
+            "Request classes in a worker's résumé.",
+            &size,
+        );
+        let mut up: Vec<(String, f64)> = self
+            .addrs
+            .iter()
+            .map(|(addr, a)| {
+                let joined = a.slot.and_then(|s| match self.conns.get(s) {
+                    Some(Conn::Worker(w)) => Some(w.joined && !w.draining),
+                    _ => None,
+                });
+                (
+                    format!("worker=\"{}\"", escape(addr)),
+                    if joined == Some(true) { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        up.sort_by(|a, b| a.0.cmp(&b.0));
+        family(
+            &mut out,
+            "resumelb_worker_up",
+            "gauge",
+            "1 when a configured worker is connected and in the pool.",
+            &up,
+        );
+        family(
+            &mut out,
+            "resumelb_retries_total",
+            "counter",
+            "Requests sent again after their worker was lost.",
+            &[(String::new(), self.counters.retries as f64)],
+        );
+        family(
+            &mut out,
+            "resumelb_bad_gateway_total",
+            "counter",
+            "502 responses for lost or failing workers.",
+            &[(String::new(), self.counters.bad_gateway as f64)],
+        );
+        family(
+            &mut out,
+            "resumelb_spilled_bytes_total",
+            "counter",
+            "Response bytes buffered on disk for slow clients.",
+            &[(String::new(), self.counters.spilled_bytes as f64)],
+        );
+        family(
+            &mut out,
+            "resumelb_clients",
+            "gauge",
+            "Open client connections.",
+            &[(String::new(), self.clients as f64)],
+        );
+        family(
+            &mut out,
+            "resumelb_waiting",
+            "gauge",
+            "Requests waiting for a worker.",
+            &[(String::new(), self.waiting.len() as f64)],
+        );
+        out
+    }
+}
+
 /// `get-lb-status` text: backlog, mean backlog, and a table of workers.
 pub fn format_text(doc: &Value, now: SystemTime) -> String {
     let mut out = String::new();
