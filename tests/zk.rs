@@ -369,7 +369,7 @@ impl OwnZk {
         std::fs::write(
             dir.path("zoo.cfg"),
             format!(
-                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n",
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\nmaxClientCnxns=0\n",
                 dir.path("data").display()
             ),
         )

@@ -694,15 +694,21 @@ impl Loop {
 
     /// An exchange ended: metrics and the access log.
     fn access_line_for(&mut self, cslot: usize, ex: &Exchange, status: u16) {
+        let Some(peer) = self.client(cslot).map(|c| c.peer) else {
+            return;
+        };
+        self.log_exchange(&peer, ex, status);
+    }
+
+    fn log_exchange(&mut self, peer: &SocketAddr, ex: &Exchange, status: u16) {
         let seconds = ex.started.elapsed().as_secs_f64();
         self.metrics.observe(&ex.class, status, seconds);
         if !self.cfg.access_log.is_enabled() {
             return;
         }
-        let Some(c) = self.client(cslot) else { return };
         let line = format!(
             "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} {:.6} {}\n",
-            c.peer.ip(),
+            peer.ip(),
             clf_date(ex.wall),
             ex.head.method,
             ex.head.target,
@@ -763,9 +769,18 @@ impl Loop {
             return;
         };
         log::debug!("client {} closed: {why}", c.peer);
-        if let Some(ex) = c.ex.take() {
-            if let Phase::Forwarded { wslot, rno, .. } = ex.phase {
-                self.cancel_on_worker(wslot, rno);
+        let ex = c.ex.take();
+        if let Some(ex) = &ex {
+            // A response the client has whole (its length reached) needs no
+            // cancel: the worker's end frame will put it back as usual.
+            let whole =
+                matches!(ex.framing, Framing::None | Framing::Sized(_)) && ex.sized_left == 0;
+            match ex.phase {
+                Phase::Forwarded {
+                    head_sent: true, ..
+                } if whole => {}
+                Phase::Forwarded { wslot, rno, .. } => self.cancel_on_worker(wslot, rno),
+                _ => {}
             }
         }
         let _ = self.poll.registry().deregister(&mut c.stream);
@@ -775,6 +790,12 @@ impl Loop {
         self.counters.spilled_bytes += c.out.spilled;
         self.clients -= 1;
         self.maybe_resume_accepting();
+        if let Some(ex) = ex {
+            // Still counted and logged: with the status it had begun with,
+            // or 499 (nginx's "client closed request") if none.
+            let status = if ex.status == 0 { 499 } else { ex.status };
+            self.log_exchange(&c.peer, &ex, status);
+        }
     }
 
     pub(super) fn client_flush(&mut self, slot: usize) {
