@@ -23,6 +23,8 @@ pub(super) struct Inflight {
     pub client_slot: usize,
     pub client_id: u64,
     pub started: SystemTime,
+    /// The response head arrived (frames must come head, body…, end).
+    pub head: bool,
 }
 
 pub(super) struct WorkerConn {
@@ -287,11 +289,21 @@ impl Loop {
                 }
             }
             ToLb::Head(rno, head) => {
+                match w.inflight.get_mut(&rno) {
+                    Some(f) if f.head => return Err(format!("second response head for {rno}")),
+                    Some(f) => f.head = true,
+                    None => return Ok(()),
+                }
                 if let Some(c) = self.inflight_client(slot, rno) {
                     self.response_head(c, head);
                 }
             }
             ToLb::Body(rno, data) => {
+                match w.inflight.get(&rno) {
+                    Some(f) if !f.head => return Err(format!("body before the head for {rno}")),
+                    Some(_) => {}
+                    None => return Ok(()),
+                }
                 if let Some(c) = self.inflight_client(slot, rno) {
                     self.response_body(c, &data);
                 }

@@ -417,6 +417,7 @@ impl Loop {
                 client_slot: cslot,
                 client_id: cid,
                 started: SystemTime::now(),
+                head: false,
             },
         );
         let encoded = encode_environ(
