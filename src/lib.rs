@@ -14,6 +14,7 @@ pub mod loadgen;
 pub mod pool;
 pub mod proto;
 pub mod resume;
+pub mod soak;
 pub mod tracelog;
 pub mod util;
 pub mod worker;

@@ -1,0 +1,479 @@
+//! The chaos soak (`make soak`; a short one in `make test`): an LB and four
+//! demo workers on loopback, a mixed load of GET/HEAD/POST (bodies up to
+//! 1 MiB, some chunked) while workers are killed (SIGKILL, sometimes
+//! SIGTERM) and restarted. Every response is checked: complete and correct,
+//! a clean 502/503, or cut off in a way the client can tell. Bounded in time
+//! and count; loopback only.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::loadgen::{spawn, Rng, Spawned};
+use crate::worker::demo::{fnv1a, pattern, FNV_OFFSET};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    pub lb: PathBuf,
+    pub worker: PathBuf,
+    pub duration: Duration,
+    pub workers: usize,
+    pub connections: usize,
+    /// Time between two worker kills.
+    pub chaos_every: Duration,
+    pub seed: u64,
+}
+
+/// What the soak saw.
+#[derive(Debug, Default, Clone)]
+pub struct SoakReport {
+    pub requests: u64,
+    pub gets: u64,
+    pub gets_ok: u64,
+    pub ok: u64,
+    pub bad_gateway: u64,
+    pub unavailable: u64,
+    pub truncated_detected: u64,
+    pub truncated_undetected: u64,
+    pub no_response: u64,
+    pub kills: u64,
+    pub terms: u64,
+    pub fds: [usize; 3],
+    pub rss_kib: [u64; 3],
+    pub temp_files_left: usize,
+}
+
+impl SoakReport {
+    pub fn get_success_rate(&self) -> f64 {
+        if self.gets == 0 {
+            1.0
+        } else {
+            self.gets_ok as f64 / self.gets as f64
+        }
+    }
+
+    /// The report as text, one figure a line.
+    pub fn text(&self) -> String {
+        format!(
+            "requests {}\nGET success {:.3}% ({} of {})\nok {}\n502 {}\n503 {}\ntruncated and detected {}\ntruncated and undetected {}\nno response {}\nworkers killed {} (SIGKILL) and {} (SIGTERM)\nLB fds start/middle/end {}/{}/{}\nLB RSS KiB start/middle/end {}/{}/{}\ntemp files left {}\n",
+            self.requests,
+            self.get_success_rate() * 100.0,
+            self.gets_ok,
+            self.gets,
+            self.ok,
+            self.bad_gateway,
+            self.unavailable,
+            self.truncated_detected,
+            self.truncated_undetected,
+            self.no_response,
+            self.kills,
+            self.terms,
+            self.fds[0],
+            self.fds[1],
+            self.fds[2],
+            self.rss_kib[0],
+            self.rss_kib[1],
+            self.rss_kib[2],
+            self.temp_files_left,
+        )
+    }
+}
+
+/// A free port below the ephemeral range, so that a killed worker can come
+/// back on it.
+fn stable_port(rng: &mut Rng) -> u16 {
+    loop {
+        let p = 20_000 + rng.below(12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn temp_files() -> usize {
+    std::fs::read_dir(std::env::temp_dir()).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.starts_with("resumelb-") && n.ends_with(".spill")
+            })
+            .count()
+    })
+}
+
+/// One response as a client sees it.
+struct Seen {
+    status: u16,
+    body: Vec<u8>,
+    complete: bool,
+    report: Option<String>,
+    close: bool,
+}
+
+/// Read a response; `None` if the connection closed before its head.
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Option<Seen> {
+    let mut chunk = [0u8; 65536];
+    let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>| -> bool {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    };
+    let (status, used, length, chunked, report, close) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(used)) = r.parse(buf) {
+            let mut length = None;
+            let mut chunked = false;
+            let mut report = None;
+            let mut close = false;
+            for h in r.headers.iter() {
+                let v = String::from_utf8_lossy(h.value).to_string();
+                match h.name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                    "x-demo-report" => report = Some(v),
+                    "connection" => close = v.eq_ignore_ascii_case("close"),
+                    _ => {}
+                }
+            }
+            break (r.code.unwrap_or(0), used, length, chunked, report, close);
+        }
+        if !fill(s, buf) {
+            return None;
+        }
+    };
+    buf.drain(..used);
+    let mut seen = Seen {
+        status,
+        body: Vec::new(),
+        complete: false,
+        report,
+        close,
+    };
+    if head_only {
+        seen.complete = true;
+        return Some(seen);
+    }
+    if chunked {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                if !fill(s, buf) {
+                    return Some(seen);
+                }
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                .unwrap_or(usize::MAX);
+            buf.drain(..line_end + 2);
+            if size == usize::MAX {
+                return Some(seen);
+            }
+            while buf.len() < size + 2 {
+                if !fill(s, buf) {
+                    return Some(seen);
+                }
+            }
+            if size == 0 {
+                buf.drain(..2);
+                seen.complete = true;
+                return Some(seen);
+            }
+            seen.body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+        }
+    }
+    let n = length.unwrap_or(0);
+    while buf.len() < n {
+        if !fill(s, buf) {
+            seen.body = std::mem::take(buf);
+            return Some(seen);
+        }
+    }
+    seen.body = buf.drain(..n).collect();
+    seen.complete = true;
+    Some(seen)
+}
+
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    gets: AtomicU64,
+    gets_ok: AtomicU64,
+    ok: AtomicU64,
+    bad_gateway: AtomicU64,
+    unavailable: AtomicU64,
+    truncated_detected: AtomicU64,
+    truncated_undetected: AtomicU64,
+    no_response: AtomicU64,
+}
+
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One client connection's loop.
+fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
+    let mut rng = Rng::new(seed);
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = Vec::new();
+    let mut sent = 0u64;
+    while Instant::now() < deadline && sent < 1_000_000 {
+        sent += 1;
+        if conn.is_none() {
+            match TcpStream::connect(target) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    buf.clear();
+                    conn = Some(s);
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            }
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        let class = format!("site{}", rng.below(8));
+        let kind = rng.below(10);
+        let (head_only, is_get, expect_body, request, body) = if kind < 5 {
+            let size = rng.below(16 * 1024) as usize;
+            let req = format!("GET /{}?size={size} HTTP/1.1\r\nHost: {class}\r\n\r\n", rng.below(50));
+            (false, true, Some(size), req, Vec::new())
+        } else if kind < 6 {
+            let req = format!("HEAD /{} HTTP/1.1\r\nHost: {class}\r\n\r\n", rng.below(50));
+            (true, false, None, req, Vec::new())
+        } else {
+            let len = rng.below(1 << 20) as usize;
+            let body: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let chunked = rng.below(2) == 0;
+            let req = if chunked {
+                format!("POST /{} HTTP/1.1\r\nHost: {class}\r\nTransfer-Encoding: chunked\r\n\r\n", rng.below(50))
+            } else {
+                format!("POST /{} HTTP/1.1\r\nHost: {class}\r\nContent-Length: {len}\r\n\r\n", rng.below(50))
+            };
+            let mut wire = req.into_bytes();
+            if chunked {
+                for piece in body.chunks(100_000) {
+                    wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    wire.extend_from_slice(piece);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"0\r\n\r\n");
+            } else {
+                wire.extend_from_slice(&body);
+            }
+            (false, false, None, String::from_utf8_lossy(&wire[..0]).to_string(), {
+                let mut b = wire;
+                b.shrink_to_fit();
+                b
+            })
+        };
+        add(&tally.requests);
+        if is_get {
+            add(&tally.gets);
+        }
+        let wire: &[u8] = if body.is_empty() { request.as_bytes() } else { &body };
+        if s.write_all(wire).is_err() {
+            add(&tally.no_response);
+            conn = None;
+            continue;
+        }
+        let Some(seen) = read_response(s, &mut buf, head_only) else {
+            add(&tally.no_response);
+            conn = None;
+            continue;
+        };
+        match seen.status {
+            200 if !seen.complete => {
+                add(&tally.truncated_detected);
+                conn = None;
+                continue;
+            }
+            200 => {
+                let correct = match expect_body {
+                    Some(size) => seen.body == pattern(0, size),
+                    None if head_only => seen.body.is_empty(),
+                    None => {
+                        // POST: the demo's report names the body it got.
+                        let text = seen.report.unwrap_or_else(|| String::from_utf8_lossy(&seen.body).to_string());
+                        let sent_body = post_body(&body);
+                        let digest = format!("{:016x}", fnv1a(&sent_body, FNV_OFFSET));
+                        text.contains(&format!("\"body_length\": {}", sent_body.len()))
+                            && text.contains(&digest)
+                    }
+                };
+                if correct {
+                    add(&tally.ok);
+                    if is_get {
+                        add(&tally.gets_ok);
+                    }
+                } else {
+                    add(&tally.truncated_undetected);
+                }
+            }
+            502 => add(&tally.bad_gateway),
+            503 => add(&tally.unavailable),
+            _ => add(&tally.truncated_undetected),
+        }
+        if seen.close {
+            conn = None;
+        }
+    }
+}
+
+/// The body a POST carried, from its bytes on the wire.
+fn post_body(wire: &[u8]) -> Vec<u8> {
+    let Some(end) = wire.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Vec::new();
+    };
+    let head = String::from_utf8_lossy(&wire[..end]).to_ascii_lowercase();
+    let rest = &wire[end + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return rest.to_vec();
+    }
+    let mut out = Vec::new();
+    let mut d = crate::http::chunked::ChunkedDecoder::new();
+    let _ = d.feed(rest, &mut |b| out.extend_from_slice(b));
+    out
+}
+
+struct Workers {
+    bin: PathBuf,
+    ports: Vec<u16>,
+    procs: Vec<Option<Spawned>>,
+}
+
+impl Workers {
+    fn start(&mut self, i: usize) -> io::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.ports[i]);
+        let args = ["-a", &addr, "--app", "demo", "--threads", "2", "--demo-miss-ms", "1", "--shutdown-timeout", "5"];
+        // A port just given up can take a moment to be free again.
+        let mut tries = 0;
+        loop {
+            match spawn(&self.bin, &args, "worker listening on ") {
+                Ok(p) => {
+                    self.procs[i] = Some(p);
+                    return Ok(());
+                }
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Run the soak.
+pub fn run(cfg: &SoakConfig) -> io::Result<SoakReport> {
+    let mut rng = Rng::new(cfg.seed);
+    let ports: Vec<u16> = (0..cfg.workers).map(|_| stable_port(&mut rng)).collect();
+    let mut workers = Workers {
+        bin: cfg.worker.clone(),
+        ports: ports.clone(),
+        procs: (0..cfg.workers).map(|_| None).collect(),
+    };
+    for i in 0..cfg.workers {
+        workers.start(i)?;
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut args = vec!["-a", "127.0.0.1:0", "-t", "10"];
+    args.extend(addrs.iter().map(String::as_str));
+    let lb = spawn(&cfg.lb, &args, "listening on ")?;
+    let pid = lb.child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut report = SoakReport::default();
+    let temp_before = temp_files();
+    report.fds[0] = fd_count(pid);
+    report.rss_kib[0] = rss_kib(pid);
+
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..cfg.connections)
+        .map(|i| {
+            let t = tally.clone();
+            let target = lb.addr;
+            let seed = cfg.seed.wrapping_add(1 + i as u64);
+            std::thread::spawn(move || client(target, seed, deadline, t))
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let mut sampled_mid = false;
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(cfg.chaos_every.min(deadline.saturating_duration_since(Instant::now())));
+        if Instant::now() >= deadline {
+            break;
+        }
+        if !sampled_mid && start.elapsed() >= cfg.duration / 2 {
+            report.fds[1] = fd_count(pid);
+            report.rss_kib[1] = rss_kib(pid);
+            sampled_mid = true;
+        }
+        let i = rng.below(cfg.workers as u64) as usize;
+        if let Some(mut p) = workers.procs[i].take() {
+            let term = rng.below(5) == 0;
+            let sig = if term { "-TERM" } else { "-KILL" };
+            let _ = std::process::Command::new("kill").args([sig, &p.child.id().to_string()]).status();
+            let _ = p.child.wait();
+            if term {
+                report.terms += 1;
+            } else {
+                report.kills += 1;
+            }
+        }
+        workers.start(i)?;
+    }
+    for c in clients {
+        let _ = c.join();
+    }
+    if !sampled_mid {
+        report.fds[1] = fd_count(pid);
+        report.rss_kib[1] = rss_kib(pid);
+    }
+    // Let closed connections and spill files go.
+    std::thread::sleep(Duration::from_millis(500));
+    report.fds[2] = fd_count(pid);
+    report.rss_kib[2] = rss_kib(pid);
+    report.temp_files_left = temp_files().saturating_sub(temp_before);
+    let t = &tally;
+    report.requests = t.requests.load(Ordering::Relaxed);
+    report.gets = t.gets.load(Ordering::Relaxed);
+    report.gets_ok = t.gets_ok.load(Ordering::Relaxed);
+    report.ok = t.ok.load(Ordering::Relaxed);
+    report.bad_gateway = t.bad_gateway.load(Ordering::Relaxed);
+    report.unavailable = t.unavailable.load(Ordering::Relaxed);
+    report.truncated_detected = t.truncated_detected.load(Ordering::Relaxed);
+    report.truncated_undetected = t.truncated_undetected.load(Ordering::Relaxed);
+    report.no_response = t.no_response.load(Ordering::Relaxed);
+    drop(lb);
+    Ok(report)
+}
