@@ -263,7 +263,10 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
         let kind = rng.below(10);
         let (head_only, is_get, expect_body, request, body) = if kind < 5 {
             let size = rng.below(16 * 1024) as usize;
-            let req = format!("GET /{}?size={size} HTTP/1.1\r\nHost: {class}\r\n\r\n", rng.below(50));
+            let req = format!(
+                "GET /{}?size={size} HTTP/1.1\r\nHost: {class}\r\n\r\n",
+                rng.below(50)
+            );
             (false, true, Some(size), req, Vec::new())
         } else if kind < 6 {
             let req = format!("HEAD /{} HTTP/1.1\r\nHost: {class}\r\n\r\n", rng.below(50));
@@ -273,9 +276,15 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
             let body: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let chunked = rng.below(2) == 0;
             let req = if chunked {
-                format!("POST /{} HTTP/1.1\r\nHost: {class}\r\nTransfer-Encoding: chunked\r\n\r\n", rng.below(50))
+                format!(
+                    "POST /{} HTTP/1.1\r\nHost: {class}\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    rng.below(50)
+                )
             } else {
-                format!("POST /{} HTTP/1.1\r\nHost: {class}\r\nContent-Length: {len}\r\n\r\n", rng.below(50))
+                format!(
+                    "POST /{} HTTP/1.1\r\nHost: {class}\r\nContent-Length: {len}\r\n\r\n",
+                    rng.below(50)
+                )
             };
             let mut wire = req.into_bytes();
             if chunked {
@@ -288,17 +297,27 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
             } else {
                 wire.extend_from_slice(&body);
             }
-            (false, false, None, String::from_utf8_lossy(&wire[..0]).to_string(), {
-                let mut b = wire;
-                b.shrink_to_fit();
-                b
-            })
+            (
+                false,
+                false,
+                None,
+                String::from_utf8_lossy(&wire[..0]).to_string(),
+                {
+                    let mut b = wire;
+                    b.shrink_to_fit();
+                    b
+                },
+            )
         };
         add(&tally.requests);
         if is_get {
             add(&tally.gets);
         }
-        let wire: &[u8] = if body.is_empty() { request.as_bytes() } else { &body };
+        let wire: &[u8] = if body.is_empty() {
+            request.as_bytes()
+        } else {
+            &body
+        };
         if s.write_all(wire).is_err() {
             add(&tally.no_response);
             conn = None;
@@ -321,7 +340,9 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
                     None if head_only => seen.body.is_empty(),
                     None => {
                         // POST: the demo's report names the body it got.
-                        let text = seen.report.unwrap_or_else(|| String::from_utf8_lossy(&seen.body).to_string());
+                        let text = seen
+                            .report
+                            .unwrap_or_else(|| String::from_utf8_lossy(&seen.body).to_string());
                         let sent_body = post_body(&body);
                         let digest = format!("{:016x}", fnv1a(&sent_body, FNV_OFFSET));
                         text.contains(&format!("\"body_length\": {}", sent_body.len()))
@@ -372,7 +393,18 @@ struct Workers {
 impl Workers {
     fn start(&mut self, i: usize) -> io::Result<()> {
         let addr = format!("127.0.0.1:{}", self.ports[i]);
-        let args = ["-a", &addr, "--app", "demo", "--threads", "2", "--demo-miss-ms", "1", "--shutdown-timeout", "5"];
+        let args = [
+            "-a",
+            &addr,
+            "--app",
+            "demo",
+            "--threads",
+            "2",
+            "--demo-miss-ms",
+            "1",
+            "--shutdown-timeout",
+            "5",
+        ];
         // A port just given up can take a moment to be free again.
         let mut tries = 0;
         loop {
@@ -429,7 +461,10 @@ pub fn run(cfg: &SoakConfig) -> io::Result<SoakReport> {
     let stop = AtomicBool::new(false);
     let mut sampled_mid = false;
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(cfg.chaos_every.min(deadline.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            cfg.chaos_every
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
         if Instant::now() >= deadline {
             break;
         }
@@ -442,7 +477,9 @@ pub fn run(cfg: &SoakConfig) -> io::Result<SoakReport> {
         if let Some(mut p) = workers.procs[i].take() {
             let term = rng.below(5) == 0;
             let sig = if term { "-TERM" } else { "-KILL" };
-            let _ = std::process::Command::new("kill").args([sig, &p.child.id().to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args([sig, &p.child.id().to_string()])
+                .status();
             let _ = p.child.wait();
             if term {
                 report.terms += 1;

@@ -91,6 +91,9 @@ pub(super) struct Client {
     reset: bool,
     last_read: Instant,
     last_write: Instant,
+    /// When the request head now arriving began: the whole head must come
+    /// within the socket timeout, however slowly it trickles.
+    head_started: Option<Instant>,
 }
 
 fn rbuf_limit() -> usize {
@@ -148,6 +151,7 @@ impl Loop {
             reset: false,
             last_read: now,
             last_write: now,
+            head_started: None,
         })));
         let ok = match self.conns.get_mut(slot) {
             Some(Conn::Client(c)) => self
@@ -199,6 +203,9 @@ impl Loop {
                 Ok(n) => {
                     c.rbuf.extend_from_slice(&chunk[..n]);
                     c.last_read = Instant::now();
+                    if c.ex.is_none() && c.head_started.is_none() {
+                        c.head_started = Some(c.last_read);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -248,6 +255,8 @@ impl Loop {
                         }
                     };
                     c.rbuf.drain(..used);
+                    // A pipelined next head, if any, starts now.
+                    c.head_started = (!c.rbuf.is_empty()).then(Instant::now);
                     let mut environ = environ::build(&head, peer, local, None);
                     let class = classifier.classify(|n| environ.get(n).map(String::as_str));
                     environ.insert("resumelb.request_class".into(), class.clone());
@@ -846,7 +855,11 @@ impl Loop {
             }
             match &c.ex {
                 None => {
-                    if c.out.is_empty() && now.duration_since(c.last_read) >= limit {
+                    if c.head_started
+                        .is_some_and(|t| now.duration_since(t) >= limit)
+                    {
+                        actions.push((slot, Timeout::Status(408)));
+                    } else if c.out.is_empty() && now.duration_since(c.last_read) >= limit {
                         actions.push((slot, Timeout::Close("idle timeout")));
                     }
                 }
@@ -888,7 +901,7 @@ impl Loop {
                         self.cancel_on_worker(wslot, rno);
                     }
                     let why = match status {
-                        408 => "the request body did not arrive in time",
+                        408 => "the request did not arrive in time",
                         503 => "no worker became available in time",
                         _ => "the worker did not answer in time",
                     };
