@@ -118,7 +118,8 @@ fn slowloris_is_cut_by_the_socket_timeout_and_blocks_no_one() {
     // While they were still sending, the LB answered 408 and closed (a
     // reset is fine too: our later bytes hit a closed socket).
     for s in slow.iter_mut() {
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let mut got = Vec::new();
         match std::io::Read::read_to_end(s, &mut got) {
             Ok(_) => assert!(
@@ -133,5 +134,4 @@ fn slowloris_is_cut_by_the_socket_timeout_and_blocks_no_one() {
             ),
         }
     }
-}
 }
