@@ -72,6 +72,7 @@ fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    raise_nofile(20_000);
     let upstream = tiny_server()?;
     let direct = load(upstream, seconds)?;
 
@@ -85,7 +86,7 @@ fn main() -> std::io::Result<()> {
     let waddr = worker.addr.to_string();
     let lb = spawn(
         &bins.join("resumelb"),
-        &["-a", "127.0.0.1:0", &waddr],
+        &["-a", "127.0.0.1:0", "-m", "12000", &waddr],
         "listening on ",
     )?;
     std::thread::sleep(Duration::from_millis(500));
@@ -114,5 +115,43 @@ fn main() -> std::io::Result<()> {
         via.percentile_ms(99.0) / direct.percentile_ms(99.0).max(1e-9),
     );
     println!("LB resident memory after the run: {lb_rss} KiB");
+
+    // Resource bound: 10,000 idle keep-alive connections.
+    let limit = raise_nofile(20_000);
+    if limit < 10_500 {
+        println!("10,000 idle connections: skipped (descriptor limit {limit})");
+        return Ok(());
+    }
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        idle.push(TcpStream::connect(lb.addr)?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    let check = load(lb.addr, 1)?;
+    println!(
+        "10,000 idle connections: LB RSS {} KiB (was {lb_rss} KiB); meanwhile {:.0} req/s, p99 {:.2} ms (checked in {:?})",
+        rss_kib(lb.child.id()),
+        check.rate(),
+        check.percentile_ms(99.0),
+        t0.elapsed()
+    );
+    drop(idle);
     Ok(())
+}
+
+/// Raise this process's descriptor limit (the LB started before keeps its
+/// own, set at its start: start it after raising when that matters).
+fn raise_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = want.min(r.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        r.rlim_cur
+    }
 }
