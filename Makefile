@@ -12,7 +12,7 @@ BINS = resumelb zkresumelb resumelb-worker get-worker-resume get-lb-status rlb-n
 MAN1 = $(addsuffix .1,$(BINS))
 MAN7 = resumelb-protocol.7
 
-.PHONY: all build install uninstall soak test fmt-check clippy unit man-lint deps demo bench bench-pool clean
+.PHONY: all build install uninstall soak fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool clean
 
 all: build
 
@@ -67,6 +67,10 @@ $(VENV)/.installed: Makefile
 demo:
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/demo
+
+## Fuzz each target for FUZZ_SECONDS (default 60) on the nightly toolchain.
+fuzz:
+	scripts/fuzz
 
 ## The chaos soak: workers killed under load (SOAK_SECONDS=120).
 soak:

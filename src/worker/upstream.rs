@@ -159,7 +159,8 @@ fn header_name(env_key: &str) -> String {
 }
 
 /// The request head to send upstream.
-fn request_head(req: &Request, body_len: u64) -> Vec<u8> {
+#[doc(hidden)]
+pub fn request_head(req: &Request, body_len: u64) -> Vec<u8> {
     let env = &req.environ;
     let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("");
     let mut target = get("REQUEST_URI").to_string();
