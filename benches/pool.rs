@@ -7,29 +7,15 @@ use std::time::Instant;
 
 use resumelb::pool::{Pool, ResumePool, Settings, WorkerId};
 use resumelb::proto::Resume;
+use resumelb::util::rng::Rng;
 
 const WORKERS: usize = 100;
 const CLASSES: usize = 10_000;
 const IN_FLIGHT: usize = 200;
 const ROUNDS: usize = 2_000_000;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 fn main() {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let classes: Vec<String> = (0..CLASSES)
         .map(|i| format!("site{i}.example.com"))
         .collect();
@@ -41,7 +27,7 @@ fn main() {
             _ => 3,
         };
         for _ in 0..n {
-            let w = rng.below(WORKERS);
+            let w = rng.below(WORKERS as u64) as usize;
             resumes[w].insert(class.clone(), 1.0 + rng.below(100) as f64 / 10.0);
         }
     }
@@ -53,7 +39,9 @@ fn main() {
     for (i, r) in resumes.into_iter().enumerate() {
         pool.new_resume(WorkerId(i as u64), r);
     }
-    let picks: Vec<usize> = (0..ROUNDS).map(|_| rng.below(CLASSES)).collect();
+    let picks: Vec<usize> = (0..ROUNDS)
+        .map(|_| rng.below(CLASSES as u64) as usize)
+        .collect();
 
     let mut in_flight: VecDeque<WorkerId> = VecDeque::with_capacity(IN_FLIGHT + 1);
     let run = |pool: &mut ResumePool, in_flight: &mut VecDeque<WorkerId>, n: usize| {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resumelb::loadgen::{bin_dir, run, spawn, LoadResult, LoadSpec, Rng};
+use resumelb::util::procinfo::{raise_nofile, rss_kib};
 
 /// A keep-alive HTTP/1.1 server answering every request with "ok".
 fn tiny_server() -> std::io::Result<std::net::SocketAddr> {
@@ -53,18 +54,6 @@ fn load(target: std::net::SocketAddr, seconds: u64) -> std::io::Result<LoadResul
         demo_report: false,
         seed: 7,
     })
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn main() -> std::io::Result<()> {
@@ -138,20 +127,4 @@ fn main() -> std::io::Result<()> {
     );
     drop(idle);
     Ok(())
-}
-
-/// Raise this process's descriptor limit (the LB started before keeps its
-/// own, set at its start: start it after raising when that matters).
-fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = want.min(r.rlim_max);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        r.rlim_cur
-    }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::loadgen::{spawn, Rng, Spawned};
+use crate::util::procinfo::{fd_count, rss_kib};
 use crate::worker::demo::{fnv1a, pattern, FNV_OFFSET};
 
 /// What to run.
@@ -92,22 +93,6 @@ fn stable_port(rng: &mut Rng) -> u16 {
             return p;
         }
     }
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn temp_files() -> usize {

@@ -8,23 +8,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use resumelb::util::procinfo::raise_nofile;
 
 const T: Duration = Duration::from_secs(30);
-
-/// Raise this process's descriptor limit to `want` (children inherit it).
-fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = want.min(r.rlim_max);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        r.rlim_cur
-    }
-}
 
 #[test]
 fn ten_thousand_idle_connections_and_still_serving() {

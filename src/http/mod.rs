@@ -41,6 +41,19 @@ pub fn to_latin1(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Hop-by-hop fields (RFC 9110 §7.6.1), never passed on by a proxy.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// The reason phrase for the statuses the LB itself sends.
 pub fn reason(status: u16) -> &'static str {
     match status {

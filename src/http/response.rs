@@ -1,7 +1,7 @@
 //! Writing responses to clients: the head the LB derives from a worker's
 //! response head, its own short responses, and chunked framing.
 
-use super::{reason, to_latin1};
+use super::{reason, to_latin1, HOP_BY_HOP};
 use crate::proto::ResponseHead;
 
 /// How a response body is framed towards the client.
@@ -32,19 +32,6 @@ pub struct Planned {
     pub keep_alive: bool,
     pub status: u16,
 }
-
-/// Hop-by-hop fields, never passed on.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()

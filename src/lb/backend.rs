@@ -3,7 +3,7 @@
 //! clients, and what happens to requests in flight when a worker is lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
@@ -12,6 +12,7 @@ use mio::Interest;
 use super::io::{token, Conn, Loop};
 use crate::pool::WorkerId;
 use crate::proto::{encode_null, Decoded, Hello, Rno, ToLb, DEFAULT_MAX_FRAME};
+use crate::util::wbuf::WriteBuf;
 use crate::worker::resolve;
 
 /// Bytes queued for a worker before request bodies wait.
@@ -34,8 +35,7 @@ pub(super) struct WorkerConn {
     pub stream: TcpStream,
     pub connected: bool,
     rbuf: Vec<u8>,
-    pub wbuf: Vec<u8>,
-    wpos: usize,
+    pub out: WriteBuf,
     /// In the pool (its first résumé arrived).
     pub joined: bool,
     /// Said "drain": no new requests; closed when idle.
@@ -56,7 +56,7 @@ pub(super) struct WorkerConn {
 
 impl WorkerConn {
     pub(super) fn unsent(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.out.unsent()
     }
 
     pub(super) fn has_room(&self) -> bool {
@@ -127,8 +127,7 @@ impl Loop {
                 stream,
                 connected: false,
                 rbuf: Vec::new(),
-                wbuf: Vec::new(),
-                wpos: 0,
+                out: WriteBuf::new(),
                 joined: false,
                 draining: false,
                 unlisted: false,
@@ -354,7 +353,7 @@ impl Loop {
             return;
         }
         w.sending.retain(|&r| r != rno);
-        encode_null(&mut w.wbuf, rno);
+        encode_null(w.out.buf(), rno);
         let wid = w.wid();
         self.balancer.put(wid);
         self.mark_dirty(wslot);
@@ -440,29 +439,11 @@ impl Loop {
         if !w.connected {
             return;
         }
-        let result = loop {
-            if w.wpos == w.wbuf.len() {
-                w.wbuf.clear();
-                w.wpos = 0;
-                break Ok(());
+        let result = w.out.flush_to(&mut w.stream).map(|n| {
+            if n > 0 {
+                w.last_write = Instant::now();
             }
-            match w.stream.write(&w.wbuf[w.wpos..]) {
-                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => {
-                    w.wpos += n;
-                    w.last_write = Instant::now();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if w.wpos >= READ_CHUNK {
-                        w.wbuf.drain(..w.wpos);
-                        w.wpos = 0;
-                    }
-                    break Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
+        });
         match result {
             Err(e) => self.close_worker(slot, &format!("write failed: {e}")),
             Ok(()) => {
@@ -496,7 +477,7 @@ impl Loop {
                 continue;
             }
             if w.connected && w.unsent() == 0 && now.duration_since(w.last_write) >= keepalive {
-                encode_null(&mut w.wbuf, 0);
+                encode_null(w.out.buf(), 0);
                 to_flush.push(slot);
             }
         }

@@ -430,14 +430,14 @@ impl Loop {
             },
         );
         let encoded = encode_environ(
-            &mut w.wbuf,
+            w.out.buf(),
             rno,
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         );
         if has_body {
             w.sending.push_back(rno);
         } else {
-            encode_end(&mut w.wbuf, rno);
+            encode_end(w.out.buf(), rno);
         }
         if let Err(e) = encoded {
             log::error!("cannot encode a request: {e}");
@@ -508,10 +508,10 @@ impl Loop {
             let Some(w) = self.worker(wslot) else { return };
             match read {
                 Some(Ok(0)) | None => {
-                    encode_end(&mut w.wbuf, rno);
+                    encode_end(w.out.buf(), rno);
                     w.sending.pop_front();
                 }
-                Some(Ok(n)) => encode_body(&mut w.wbuf, rno, &buf[..n]),
+                Some(Ok(n)) => encode_body(w.out.buf(), rno, &buf[..n]),
                 Some(Err(e)) => {
                     log::error!("cannot read a buffered request body: {e}");
                     w.sending.pop_front();

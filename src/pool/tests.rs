@@ -289,24 +289,8 @@ fn single_version_keeps_counters_across_switches_and_flaps() {
     assert!(b.pool().worker_status(w(1)).unwrap().mean_backlog > 0.0);
 }
 
-/// SplitMix64: a tiny seeded generator, so the random test repeats exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn random_operations(kind: PoolKind, single_version: bool, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = crate::util::rng::Rng::new(seed);
     let mut b = Balancer::new(kind, Settings::default(), single_version);
     let mut in_flight: Vec<WorkerId> = Vec::new();
     let mut live: Vec<WorkerId> = Vec::new();

@@ -3,7 +3,10 @@
 
 pub mod linelog;
 pub mod logger;
+pub mod procinfo;
+pub mod rng;
 pub mod signals;
 pub mod slab;
 pub mod spill;
 pub mod time;
+pub mod wbuf;

@@ -4,7 +4,7 @@
 //! response frames they send back.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::tracelog::TraceLog;
 use crate::util::signals::SignalEvent;
 use crate::util::slab::Slab;
 use crate::util::spill::SpillBuffer;
+use crate::util::wbuf::WriteBuf;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -56,9 +57,8 @@ struct LbConn {
     id: u64,
     trace_no: u32,
     rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    /// App frames waiting for room in `wbuf`.
+    out: WriteBuf,
+    /// App frames waiting for room in `out`.
     held: VecDeque<Vec<u8>>,
     flow: Arc<Flow>,
     requests: HashMap<Rno, Req>,
@@ -67,7 +67,7 @@ struct LbConn {
 
 impl LbConn {
     fn unsent(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.out.unsent()
     }
 
     fn idle_output(&self) -> bool {
@@ -214,17 +214,16 @@ impl IoLoop {
                         .unwrap_or(u32::MAX);
                     self.ctx.next_conn_id += 1;
                     let id = self.ctx.next_conn_id;
-                    let mut wbuf = Vec::with_capacity(4096);
-                    wbuf.extend_from_slice(&self.ctx.resume_frame);
-                    wbuf.extend_from_slice(&self.ctx.hello_frame);
+                    let mut out = WriteBuf::new();
+                    out.buf().extend_from_slice(&self.ctx.resume_frame);
+                    out.buf().extend_from_slice(&self.ctx.hello_frame);
                     let slot = self.conns.insert(LbConn {
                         stream,
                         peer,
                         id,
                         trace_no,
                         rbuf: Vec::new(),
-                        wbuf,
-                        wpos: 0,
+                        out,
                         held: VecDeque::new(),
                         flow: Arc::new(Flow::default()),
                         requests: HashMap::new(),
@@ -375,7 +374,7 @@ impl IoLoop {
         self.ctx.last_frame = Instant::now();
         for slot in self.conns.keys() {
             if let Some(conn) = self.conns.get_mut(slot) {
-                encode_drain(&mut conn.wbuf);
+                encode_drain(conn.out.buf());
             }
             self.mark_dirty(slot);
         }
@@ -426,7 +425,7 @@ impl IoLoop {
             return;
         }
         if conn.held.is_empty() && conn.unsent() < WBUF_CAP {
-            conn.wbuf.extend_from_slice(&out.bytes);
+            conn.out.buf().extend_from_slice(&out.bytes);
             conn.flow.release(n);
         } else {
             conn.held.push_back(out.bytes);
@@ -442,7 +441,7 @@ impl IoLoop {
         }
         for slot in self.conns.keys() {
             if let Some(conn) = self.conns.get_mut(slot) {
-                conn.wbuf.extend_from_slice(&frame);
+                conn.out.buf().extend_from_slice(&frame);
             }
             self.mark_dirty(slot);
         }
@@ -456,7 +455,7 @@ impl IoLoop {
                 continue;
             };
             if conn.unsent() == 0 && conn.last_write.elapsed() >= keepalive {
-                encode_null(&mut conn.wbuf, 0);
+                encode_null(conn.out.buf(), 0);
                 self.mark_dirty(slot);
             }
         }
@@ -498,29 +497,15 @@ fn write_out(conn: &mut LbConn) -> io::Result<()> {
             let Some(b) = conn.held.pop_front() else {
                 break;
             };
-            conn.wbuf.extend_from_slice(&b);
+            conn.out.buf().extend_from_slice(&b);
             conn.flow.release(b.len());
         }
-        if conn.unsent() == 0 {
-            conn.wbuf.clear();
-            conn.wpos = 0;
-            return Ok(());
+        if conn.out.flush_to(&mut conn.stream)? > 0 {
+            conn.last_write = Instant::now();
         }
-        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.wpos += n;
-                conn.last_write = Instant::now();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if conn.wpos >= READ_CHUNK {
-                    conn.wbuf.drain(..conn.wpos);
-                    conn.wpos = 0;
-                }
-                return Ok(());
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        // All out and more held: go on; otherwise the socket is full.
+        if !conn.out.is_empty() || conn.held.is_empty() {
+            return Ok(());
         }
     }
 }
@@ -670,6 +655,6 @@ fn respond_error(conn: &mut LbConn, rno: Rno) {
         status: "500 Internal Server Error".into(),
         headers: vec![("Content-Length".into(), "0".into())],
     };
-    let _ = encode_head(&mut conn.wbuf, rno, &head);
-    encode_end(&mut conn.wbuf, rno);
+    let _ = encode_head(conn.out.buf(), rno, &head);
+    encode_end(conn.out.buf(), rno);
 }

@@ -16,22 +16,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::app::{App, AppError, Body, Request, Response};
+use crate::http::HOP_BY_HOP;
 
 const MAX_HEAD: usize = 64 * 1024;
 const CHUNK: usize = 64 * 1024;
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Forwards requests to an HTTP server.
 pub struct UpstreamApp {

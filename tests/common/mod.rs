@@ -552,15 +552,8 @@ pub fn pool_workers(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Resident memory of a process in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
+#[allow(unused_imports)]
+pub use resumelb::util::procinfo::rss_kib;
 
 /// Open descriptors of a process that point at deleted spill files.
 pub fn spill_fds(pid: u32) -> usize {
