@@ -250,7 +250,7 @@ impl Loop {
                         Ok(None) => return,
                         Err(e) => {
                             log::debug!("refused request from {}: {e}", c.peer);
-                            self.refuse(slot, e, None);
+                            self.refuse(slot, e);
                             return;
                         }
                     };
@@ -327,7 +327,7 @@ impl Loop {
                                 }
                                 Err(e) => {
                                     log::debug!("refused request body from {}: {e}", c.peer);
-                                    self.refuse(slot, e, None);
+                                    self.refuse(slot, e);
                                     return;
                                 }
                             }
@@ -341,7 +341,6 @@ impl Loop {
                                 status: 500,
                                 why: "cannot buffer the request body",
                             },
-                            None,
                         );
                         return;
                     }
@@ -364,7 +363,6 @@ impl Loop {
                                     status: 500,
                                     why: "cannot buffer the request body",
                                 },
-                                None,
                             );
                             return;
                         }
@@ -522,7 +520,6 @@ impl Loop {
                             status: 500,
                             why: "cannot read the buffered request body",
                         },
-                        None,
                     );
                 }
             }
@@ -736,7 +733,7 @@ impl Loop {
     }
 
     /// Refuse a request: the status, and close.
-    fn refuse(&mut self, cslot: usize, e: HttpError, _why: Option<&str>) {
+    fn refuse(&mut self, cslot: usize, e: HttpError) {
         let body = format!("{} {}: {}\n", e.status, reason(e.status), e.why);
         self.refuse_with(
             cslot,
@@ -905,7 +902,7 @@ impl Loop {
                         503 => "no worker became available in time",
                         _ => "the worker did not answer in time",
                     };
-                    self.refuse(slot, HttpError { status, why }, None);
+                    self.refuse(slot, HttpError { status, why });
                 }
                 Timeout::Cut => {
                     if let Some(Phase::Forwarded { wslot, rno, .. }) = self

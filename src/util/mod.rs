@@ -3,6 +3,7 @@
 
 pub mod linelog;
 pub mod logger;
+pub mod net;
 pub mod procinfo;
 pub mod rng;
 pub mod signals;

@@ -14,7 +14,7 @@ mod threads;
 mod timer;
 pub mod upstream;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,29 +121,12 @@ pub struct Worker {
     timer: (Sender<TimerMsg>, Receiver<TimerMsg>),
 }
 
-/// Resolve `HOST:PORT` (an empty host means every address).
-pub fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_string()
-    };
-    full.to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{addr}: no such address"),
-        )
-    })
-}
+pub use crate::util::net::resolve;
 
 impl Worker {
     /// Bind the listening socket.
     pub fn bind(addr: &str, config: WorkerConfig) -> std::io::Result<Worker> {
-        let sa = resolve(addr)?;
-        let std_listener = std::net::TcpListener::bind(sa)?;
-        std_listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(std_listener);
-        let addr = listener.local_addr()?;
+        let (listener, addr) = crate::util::net::listener(addr, 1024)?;
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), Token(1))?);
         Ok(Worker {
