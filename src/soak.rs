@@ -481,8 +481,9 @@ pub fn run(cfg: &SoakConfig) -> io::Result<SoakReport> {
         report.fds[1] = fd_count(pid);
         report.rss_kib[1] = rss_kib(pid);
     }
-    // Let closed connections and spill files go.
-    std::thread::sleep(Duration::from_millis(500));
+    // Let closed connections and spill files go, and the LB give back
+    // memory it freed (it trims each second once idle).
+    std::thread::sleep(Duration::from_millis(2500));
     report.fds[2] = fd_count(pid);
     report.rss_kib[2] = rss_kib(pid);
     report.temp_files_left = temp_files().saturating_sub(temp_before);

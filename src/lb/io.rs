@@ -72,6 +72,7 @@ pub(super) struct Loop {
     pub stopping: Option<Instant>,
     pub counters: Counters,
     pub metrics: super::metrics::Metrics,
+    last_trim: Instant,
     cmd_rx: Receiver<Command>,
     ticks: Receiver<()>,
     signals: Option<Receiver<SignalEvent>>,
@@ -127,6 +128,7 @@ impl Loop {
             stopping: None,
             counters: Counters::default(),
             metrics,
+            last_trim: Instant::now(),
             cmd_rx,
             ticks,
             signals,
@@ -275,6 +277,23 @@ impl Loop {
         self.worker_tick(now);
         self.client_tick(now);
         self.serve_waiting();
+        self.trim_memory(now);
+    }
+
+    /// Give memory freed after a burst back to the system (glibc keeps it
+    /// otherwise): each second while no client is connected, else every
+    /// ten seconds.
+    fn trim_memory(&mut self, now: Instant) {
+        let every = if self.clients == 0 { 1 } else { 10 };
+        if now.duration_since(self.last_trim) < Duration::from_secs(every) {
+            return;
+        }
+        self.last_trim = now;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     fn flush_dirty(&mut self) {
