@@ -113,6 +113,8 @@ pub(crate) struct IoLoop {
     signals: Option<Receiver<SignalEvent>>,
     dirty: Vec<usize>,
     draining: Option<Instant>,
+    /// Set by app threads that woke us; cleared before draining their channel.
+    wake_pending: Arc<AtomicBool>,
     ctx: Ctx,
 }
 
@@ -130,6 +132,7 @@ impl IoLoop {
         trace: TraceLog,
         resume: &Resume,
         hello_frame: Vec<u8>,
+        wake_pending: Arc<AtomicBool>,
     ) -> io::Result<IoLoop> {
         let mut listener = listener;
         poll.registry()
@@ -147,6 +150,7 @@ impl IoLoop {
             signals,
             dirty: Vec::new(),
             draining: None,
+            wake_pending,
             ctx: Ctx {
                 cfg,
                 jobs,
@@ -325,6 +329,8 @@ impl IoLoop {
 
     /// Handle messages from the other threads. True: exit now.
     fn drain_channels(&mut self) -> bool {
+        // Cleared first: a message sent after this wakes us again.
+        self.wake_pending.store(false, Ordering::Release);
         while let Ok(out) = self.out_rx.try_recv() {
             self.on_out(out);
         }

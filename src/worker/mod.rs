@@ -176,10 +176,12 @@ impl Worker {
         let (ctl_tx, ctl_rx) = unbounded();
         let (out_tx, out_rx) = unbounded();
         let (jobs_tx, jobs_rx) = unbounded();
+        let wake_pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shared = Arc::new(Shared {
             out: out_tx,
             waker: waker.clone(),
             timer: timer.0.clone(),
+            wake_pending: wake_pending.clone(),
         });
         let _timer_thread = timer::spawn(
             tracker,
@@ -225,6 +227,7 @@ impl Worker {
             trace.clone(),
             &resume,
             hello,
+            wake_pending,
         )?;
         log::info!("worker listening on {addr} with {threads} app thread(s)");
         let result = io.run();

@@ -108,4 +108,16 @@ pub(crate) struct Shared {
     pub out: Sender<Out>,
     pub waker: Arc<mio::Waker>,
     pub timer: Sender<TimerMsg>,
+    /// A wake-up is on its way: the I/O thread will drain the channel
+    /// anyway, so further messages need no wake (a syscall each).
+    pub wake_pending: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Wake the I/O thread unless a wake-up is already pending.
+    pub(crate) fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
 }

@@ -60,7 +60,7 @@ fn error_500() -> Response {
 struct Responder<'a> {
     job: &'a Job,
     out: &'a Sender<Out>,
-    waker: &'a mio::Waker,
+    shared: &'a Shared,
 }
 
 impl Responder<'_> {
@@ -87,7 +87,7 @@ impl Responder<'_> {
             bytes,
             done,
         });
-        let _ = self.waker.wake();
+        self.shared.wake();
         ok && !self.cancelled()
     }
 }
@@ -102,7 +102,7 @@ fn run_job(app: &dyn App, mut job: Job, shared: &Shared) {
     let responder = Responder {
         job: &job,
         out: &shared.out,
-        waker: &shared.waker,
+        shared,
     };
     if responder.cancelled() {
         responder.send(Vec::new(), true);
@@ -161,9 +161,11 @@ fn run_job(app: &dyn App, mut job: Job, shared: &Shared) {
         match body {
             Body::Empty => {}
             Body::Bytes(b) => {
+                // The last piece goes with the end frame, in one message.
                 for piece in b.chunks(BATCH) {
                     encode_body(&mut frames, job.rno, piece);
-                    if !responder.send(std::mem::take(&mut frames), false) {
+                    if frames.len() >= BATCH && !responder.send(std::mem::take(&mut frames), false)
+                    {
                         complete = false;
                         break;
                     }
