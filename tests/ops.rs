@@ -337,12 +337,9 @@ fn zd_pid(conf: &Path) -> Option<u32> {
         .ok()
 }
 
+/// A port no other test takes meanwhile (below the ephemeral range).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    port_outside_ephemeral_range()
 }
 
 fn write_conf(dir: &TempDir, name: &str, program: &str) -> PathBuf {

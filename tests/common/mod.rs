@@ -666,3 +666,23 @@ impl FakeConn {
         ));
     }
 }
+
+/// A free port below Linux's ephemeral range (32768–60999), so that no
+/// process binding port 0 or connecting out can take it while our server
+/// is down between its two runs.
+pub fn port_outside_ephemeral_range() -> u16 {
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    loop {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 20_000 + (x >> 33) as u16 % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
