@@ -111,7 +111,6 @@ struct Seen {
     status: u16,
     body: Vec<u8>,
     complete: bool,
-    report: Option<String>,
     close: bool,
 }
 
@@ -127,25 +126,23 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Optio
             }
         }
     };
-    let (status, used, length, chunked, report, close) = loop {
+    let (status, used, length, chunked, close) = loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(used)) = r.parse(buf) {
             let mut length = None;
             let mut chunked = false;
-            let mut report = None;
             let mut close = false;
             for h in r.headers.iter() {
                 let v = String::from_utf8_lossy(h.value).to_string();
                 match h.name.to_ascii_lowercase().as_str() {
                     "content-length" => length = v.trim().parse::<usize>().ok(),
                     "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                    "x-demo-report" => report = Some(v),
                     "connection" => close = v.eq_ignore_ascii_case("close"),
                     _ => {}
                 }
             }
-            break (r.code.unwrap_or(0), used, length, chunked, report, close);
+            break (r.code.unwrap_or(0), used, length, chunked, close);
         }
         if !fill(s, buf) {
             return None;
@@ -156,7 +153,6 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Optio
         status,
         body: Vec::new(),
         complete: false,
-        report,
         close,
     };
     if head_only {
@@ -222,6 +218,16 @@ fn add(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// What a response must show to count as correct.
+enum Expect {
+    /// GET `?size=N`: N bytes of the demo's pattern.
+    Pattern(usize),
+    /// HEAD: no body.
+    NoBody,
+    /// POST: the demo's report names this body's length and digest.
+    Echo(Vec<u8>),
+}
+
 /// One client connection's loop.
 fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
     let mut rng = Rng::new(seed);
@@ -246,33 +252,27 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
         let Some(s) = conn.as_mut() else { continue };
         let class = format!("site{}", rng.below(8));
         let kind = rng.below(10);
-        let (head_only, is_get, expect_body, request, body) = if kind < 5 {
+        // What goes on the wire, and what the response must show.
+        let (wire, expect) = if kind < 5 {
             let size = rng.below(16 * 1024) as usize;
             let req = format!(
                 "GET /{}?size={size} HTTP/1.1\r\nHost: {class}\r\n\r\n",
                 rng.below(50)
             );
-            (false, true, Some(size), req, Vec::new())
+            (req.into_bytes(), Expect::Pattern(size))
         } else if kind < 6 {
             let req = format!("HEAD /{} HTTP/1.1\r\nHost: {class}\r\n\r\n", rng.below(50));
-            (true, false, None, req, Vec::new())
+            (req.into_bytes(), Expect::NoBody)
         } else {
             let len = rng.below(1 << 20) as usize;
             let body: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-            let chunked = rng.below(2) == 0;
-            let req = if chunked {
-                format!(
-                    "POST /{} HTTP/1.1\r\nHost: {class}\r\nTransfer-Encoding: chunked\r\n\r\n",
-                    rng.below(50)
+            let path = rng.below(50);
+            let mut wire;
+            if rng.below(2) == 0 {
+                wire = format!(
+                    "POST /{path} HTTP/1.1\r\nHost: {class}\r\nTransfer-Encoding: chunked\r\n\r\n"
                 )
-            } else {
-                format!(
-                    "POST /{} HTTP/1.1\r\nHost: {class}\r\nContent-Length: {len}\r\n\r\n",
-                    rng.below(50)
-                )
-            };
-            let mut wire = req.into_bytes();
-            if chunked {
+                .into_bytes();
                 for piece in body.chunks(100_000) {
                     wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
                     wire.extend_from_slice(piece);
@@ -280,30 +280,23 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
                 }
                 wire.extend_from_slice(b"0\r\n\r\n");
             } else {
+                wire = format!(
+                    "POST /{path} HTTP/1.1\r\nHost: {class}\r\nContent-Length: {len}\r\n\r\n"
+                )
+                .into_bytes();
                 wire.extend_from_slice(&body);
             }
-            (
-                false,
-                false,
-                None,
-                String::from_utf8_lossy(&wire[..0]).to_string(),
-                {
-                    let mut b = wire;
-                    b.shrink_to_fit();
-                    b
-                },
-            )
+            (wire, Expect::Echo(body))
         };
+        let (head_only, is_get) = (
+            matches!(expect, Expect::NoBody),
+            matches!(expect, Expect::Pattern(_)),
+        );
         add(&tally.requests);
         if is_get {
             add(&tally.gets);
         }
-        let wire: &[u8] = if body.is_empty() {
-            request.as_bytes()
-        } else {
-            &body
-        };
-        if s.write_all(wire).is_err() {
+        if s.write_all(&wire).is_err() {
             add(&tally.no_response);
             conn = None;
             continue;
@@ -320,17 +313,14 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
                 continue;
             }
             200 => {
-                let correct = match expect_body {
-                    Some(size) => seen.body == pattern(0, size),
-                    None if head_only => seen.body.is_empty(),
-                    None => {
-                        // POST: the demo's report names the body it got.
-                        let text = seen
-                            .report
-                            .unwrap_or_else(|| String::from_utf8_lossy(&seen.body).to_string());
-                        let sent_body = post_body(&body);
-                        let digest = format!("{:016x}", fnv1a(&sent_body, FNV_OFFSET));
-                        text.contains(&format!("\"body_length\": {}", sent_body.len()))
+                let correct = match &expect {
+                    Expect::Pattern(size) => seen.body == pattern(0, *size),
+                    Expect::NoBody => seen.body.is_empty(),
+                    Expect::Echo(sent) => {
+                        // The demo's report names the body it got.
+                        let text = String::from_utf8_lossy(&seen.body);
+                        let digest = format!("{:016x}", fnv1a(sent, FNV_OFFSET));
+                        text.contains(&format!("\"body_length\": {}", sent.len()))
                             && text.contains(&digest)
                     }
                 };
@@ -351,22 +341,6 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
             conn = None;
         }
     }
-}
-
-/// The body a POST carried, from its bytes on the wire.
-fn post_body(wire: &[u8]) -> Vec<u8> {
-    let Some(end) = wire.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Vec::new();
-    };
-    let head = String::from_utf8_lossy(&wire[..end]).to_ascii_lowercase();
-    let rest = &wire[end + 4..];
-    if !head.contains("transfer-encoding: chunked") {
-        return rest.to_vec();
-    }
-    let mut out = Vec::new();
-    let mut d = crate::http::chunked::ChunkedDecoder::new();
-    let _ = d.feed(rest, &mut |b| out.extend_from_slice(b));
-    out
 }
 
 struct Workers {
