@@ -26,6 +26,11 @@ use crate::util::time::clf_date;
 const READ_CHUNK: usize = 64 * 1024;
 /// Response bytes waiting for a client before its next request is read.
 const OUT_LIMIT: u64 = 1 << 20;
+/// The answer when a request body cannot be buffered (disk full, say).
+const BUFFER_FAILED: HttpError = HttpError {
+    status: 500,
+    why: "cannot buffer the request body",
+};
 /// Attempts for a retryable request before it gets 502.
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -335,13 +340,7 @@ impl Loop {
                     }
                     if let Some(e) = write_err {
                         log::error!("cannot buffer a request body: {e}");
-                        self.refuse(
-                            slot,
-                            HttpError {
-                                status: 500,
-                                why: "cannot buffer the request body",
-                            },
-                        );
+                        self.refuse(slot, BUFFER_FAILED);
                         return;
                     }
                     if !matches!(ex.reading, Reading::Done) {
@@ -357,13 +356,7 @@ impl Loop {
                         Ok(r) => ex.reader = Some(r),
                         Err(e) => {
                             log::error!("cannot read back a request body: {e}");
-                            self.refuse(
-                                slot,
-                                HttpError {
-                                    status: 500,
-                                    why: "cannot buffer the request body",
-                                },
-                            );
+                            self.refuse(slot, BUFFER_FAILED);
                             return;
                         }
                     }

@@ -123,6 +123,37 @@ pub fn start_worker(extra: &[&str]) -> WorkerProc {
     WorkerProc { proc, addr }
 }
 
+/// Read the next frame of type `T` from `stream` (buffered in `buf`);
+/// `None` when the peer closed the connection.
+fn next_frame<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    decode: fn(&[u8], usize) -> Result<Decoded<T>, resumelb::proto::ProtoError>,
+) -> Option<T> {
+    let mut chunk = [0u8; 65536];
+    loop {
+        match decode(buf, DEFAULT_MAX_FRAME).expect("the peer sent a bad frame") {
+            Decoded::Complete(m, used) => {
+                buf.drain(..used);
+                return Some(m);
+            }
+            Decoded::Partial => {}
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("no frame in time: {e}")
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// A test LB: a protocol client over one connection.
 pub struct TestLb {
     pub stream: TcpStream,
@@ -213,22 +244,7 @@ impl TestLb {
 
     /// The next message, or `None` if the worker closed the connection.
     pub fn recv(&mut self) -> Option<ToLb> {
-        let mut chunk = [0u8; 65536];
-        loop {
-            match ToLb::decode(&self.buf, DEFAULT_MAX_FRAME).expect("worker sent a bad frame") {
-                Decoded::Complete(m, used) => {
-                    self.buf.drain(..used);
-                    return Some(m);
-                }
-                Decoded::Partial => {}
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read from worker: {e}"),
-            }
-        }
+        next_frame(&mut self.stream, &mut self.buf, ToLb::decode)
     }
 
     /// The next message that is not a keep-alive.
@@ -617,23 +633,10 @@ impl FakeConn {
 
     /// The next frame from the LB, skipping keep-alives; `None` on close.
     pub fn recv(&mut self) -> Option<ToWorker> {
-        let mut chunk = [0u8; 65536];
         loop {
-            match ToWorker::decode(&self.buf, DEFAULT_MAX_FRAME).expect("LB sent a bad frame") {
-                Decoded::Complete(ToWorker::KeepAlive, used) => {
-                    self.buf.drain(..used);
-                    continue;
-                }
-                Decoded::Complete(m, used) => {
-                    self.buf.drain(..used);
-                    return Some(m);
-                }
-                Decoded::Partial => {}
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => return None,
+            match next_frame(&mut self.stream, &mut self.buf, ToWorker::decode)? {
+                ToWorker::KeepAlive => continue,
+                m => return Some(m),
             }
         }
     }
