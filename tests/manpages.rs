@@ -137,3 +137,25 @@ fn zkresumelb_page_matches_its_options() {
 fn rlb_nagios_page_matches_its_options() {
     check(env!("CARGO_BIN_EXE_rlb-nagios"), "rlb-nagios.1");
 }
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    for (bin, args) in [
+        (
+            env!("CARGO_BIN_EXE_resumelb-worker"),
+            &["--threads", "0"][..],
+        ),
+        (env!("CARGO_BIN_EXE_resumelb"), &["--no-such-option"][..]),
+        (env!("CARGO_BIN_EXE_zkresumelb"), &["only-one-argument"][..]),
+        (env!("CARGO_BIN_EXE_get-lb-status"), &[][..]),
+        (
+            env!("CARGO_BIN_EXE_get-worker-resume"),
+            &["-t", "x", "h:1"][..],
+        ),
+    ] {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bin} {args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{bin}: {err:?}");
+    }
+}

@@ -43,8 +43,7 @@ pub fn main_with(name: &str, run: impl FnOnce(Vec<String>) -> Result<(), CliErro
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(msg)) => {
-            eprintln!("{name}: {msg}");
-            eprintln!("Try '{name} --help' for more information.");
+            eprintln!("{name}: {msg} (see {name} --help)");
             ExitCode::from(2)
         }
         Err(CliError::Failed(msg)) => {
