@@ -150,7 +150,7 @@ impl Loop {
             stream,
             peer,
             rbuf: Vec::new(),
-            out: OutBuf::new(self.cfg.client_mem_cap),
+            out: OutBuf::new(self.cfg.client_mem_cap, self.spill_io.clone(), id),
             ex: None,
             close_after: false,
             reset: false,
@@ -174,6 +174,7 @@ impl Loop {
             self.conns.remove(slot);
             return;
         }
+        self.client_by_id.insert(id, slot);
         self.clients += 1;
         if self.clients >= self.cfg.max_connections {
             log::warn!("{} connections: accepting paused", self.clients);
@@ -769,6 +770,7 @@ impl Loop {
             return;
         };
         log::debug!("client {} closed: {why}", c.peer);
+        self.client_by_id.remove(&c.id);
         let ex = c.ex.take();
         if let Some(ex) = &ex {
             // A response the client has whole (its length reached) needs no
@@ -796,6 +798,16 @@ impl Loop {
             let status = if ex.status == 0 { 499 } else { ex.status };
             self.log_exchange(&c.peer, &ex, status);
         }
+    }
+
+    /// A response's spilled bytes cannot be read back: the client cannot
+    /// get it whole, so it is cut off.
+    pub(super) fn spill_failed(&mut self, slot: usize, e: &std::io::Error) {
+        log::error!("cannot read back a spilled response: {e}");
+        if let Some(c) = self.client(slot) {
+            c.reset = true;
+        }
+        self.close_client(slot, "spill file failed");
     }
 
     pub(super) fn client_flush(&mut self, slot: usize) {

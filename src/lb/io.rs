@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::backend::WorkerConn;
 use super::client::Client;
+use super::spill::{SpillIo, SpillRead};
 use super::status::StatusConn;
 use super::{Command, LbConfig, WorkerSpec};
 use crate::pool::Balancer;
@@ -72,6 +73,11 @@ pub(super) struct Loop {
     pub stopping: Option<Instant>,
     pub counters: Counters,
     pub metrics: super::metrics::Metrics,
+    /// The spill thread, and its read-backs.
+    pub spill_io: SpillIo,
+    spill_rx: Receiver<SpillRead>,
+    /// Client connection id → slot (read-backs name the id).
+    pub client_by_id: HashMap<u64, usize>,
     last_trim: Instant,
     cmd_rx: Receiver<Command>,
     ticks: Receiver<()>,
@@ -79,7 +85,9 @@ pub(super) struct Loop {
 }
 
 impl Loop {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
+        waker: std::sync::Arc<mio::Waker>,
         poll: Poll,
         mut listener: TcpListener,
         local: SocketAddr,
@@ -110,6 +118,7 @@ impl Loop {
         let balancer = Balancer::new(cfg.pool, cfg.settings, cfg.single_version);
         let workers = cfg.workers.clone();
         let metrics = super::metrics::Metrics::new(cfg.metrics_max_classes);
+        let (spill_io, spill_rx) = SpillIo::start(waker)?;
         let mut lp = Loop {
             poll,
             listener: Some(listener),
@@ -128,6 +137,9 @@ impl Loop {
             stopping: None,
             counters: Counters::default(),
             metrics,
+            spill_io,
+            spill_rx,
+            client_by_id: HashMap::new(),
             last_trim: Instant::now(),
             cmd_rx,
             ticks,
@@ -198,6 +210,20 @@ impl Loop {
 
     /// Commands, ticks and signals. True: exit now.
     fn handle_messages(&mut self) -> bool {
+        while let Ok(r) = self.spill_rx.try_recv() {
+            let Some(&slot) = self.client_by_id.get(&r.id) else {
+                continue;
+            };
+            match r.data {
+                Ok(data) => {
+                    if let Some(c) = self.client(slot) {
+                        c.out.read_back(data);
+                    }
+                    self.mark_dirty(slot);
+                }
+                Err(e) => self.spill_failed(slot, &e),
+            }
+        }
         let mut stop = 0;
         while let Ok(cmd) = self.cmd_rx.try_recv() {
             match cmd {

@@ -8,7 +8,8 @@
 //! 1 MiB into an unlinked temporary file), so that a malformed or slow
 //! upload never reaches or holds up a worker; responses are passed on as
 //! they arrive, buffered for slow clients in memory up to a cap and then in
-//! a temporary file, so that a slow client never holds up a worker.
+//! a temporary file kept by a spill thread ([`spill`]), so that a slow
+//! client never holds up a worker and the I/O thread never waits on disk.
 
 mod backend;
 mod client;
@@ -16,6 +17,7 @@ pub mod environ;
 mod io;
 pub mod metrics;
 pub mod outbuf;
+mod spill;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -196,6 +198,7 @@ impl Lb {
             log::info!("metrics on http://{bound}/metrics");
         }
         let lp = io::Loop::new(
+            self.waker.clone(),
             self.poll,
             self.listener,
             self.addr,

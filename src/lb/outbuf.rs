@@ -1,48 +1,52 @@
 //! A client's pending output: memory up to a cap, then an unlinked
-//! temporary file, so that a slow client never holds up a worker and never
-//! makes the LB's memory grow. Bytes leave in the order they came.
+//! temporary file kept by the spill thread, so that a slow client never
+//! holds up a worker, never makes the LB's memory grow, and never makes the
+//! I/O thread wait on the disk. Bytes leave in the order they came.
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 
-use crate::util::spill::anonymous_file;
+use super::spill::SpillIo;
 
+/// Bytes asked back from the spill file at a time.
 const REFILL: usize = 64 * 1024;
 
 #[derive(Debug)]
-struct Fifo {
-    file: File,
-    read_at: u64,
-    write_at: u64,
+struct Spill {
+    /// Bytes in the file not yet read back (those being read included).
+    in_file: u64,
+    /// A read-back is on its way.
+    reading: bool,
 }
 
 /// Output waiting for a socket.
-#[derive(Debug)]
 pub struct OutBuf {
     mem: Vec<u8>,
     pos: usize,
     mem_cap: usize,
-    file: Option<Fifo>,
+    io: SpillIo,
+    /// The client's id, which names its spill file.
+    id: u64,
+    spill: Option<Spill>,
     /// Bytes that went through a spill file, for metrics.
     pub spilled: u64,
 }
 
 impl OutBuf {
-    pub fn new(mem_cap: usize) -> OutBuf {
+    pub fn new(mem_cap: usize, io: SpillIo, id: u64) -> OutBuf {
         OutBuf {
             mem: Vec::new(),
             pos: 0,
             mem_cap,
-            file: None,
+            io,
+            id,
+            spill: None,
             spilled: 0,
         }
     }
 
     /// Bytes waiting.
     pub fn pending(&self) -> u64 {
-        let in_file = self.file.as_ref().map_or(0, |f| f.write_at - f.read_at);
-        (self.mem.len() - self.pos) as u64 + in_file
+        (self.mem.len() - self.pos) as u64 + self.spill.as_ref().map_or(0, |s| s.in_file)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,42 +54,48 @@ impl OutBuf {
     }
 
     pub fn is_spilled(&self) -> bool {
-        self.file.is_some()
+        self.spill.is_some()
     }
 
     pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        if self.file.is_none() && self.mem.len() - self.pos + data.len() <= self.mem_cap {
+        if self.spill.is_none() && self.mem.len() - self.pos + data.len() <= self.mem_cap {
             self.mem.extend_from_slice(data);
             return Ok(());
         }
-        if self.file.is_none() {
-            self.file = Some(Fifo {
-                file: anonymous_file()?,
-                read_at: 0,
-                write_at: 0,
-            });
-        }
-        let f = self.file.as_mut().expect("just made");
-        f.file.write_all_at(data, f.write_at)?;
-        f.write_at += data.len() as u64;
+        let s = self.spill.get_or_insert(Spill {
+            in_file: 0,
+            reading: false,
+        });
+        self.io.write(self.id, data.to_vec());
+        s.in_file += data.len() as u64;
         self.spilled += data.len() as u64;
         Ok(())
     }
 
     /// Write as much as `w` takes. Returns the bytes written; stops at
-    /// `WouldBlock` (not an error) or when everything is out.
+    /// `WouldBlock` (not an error), when everything is out, or when the next
+    /// bytes are still being read back from the spill file (they come with
+    /// [`OutBuf::read_back`]).
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
         let mut total = 0;
         loop {
             if self.pos == self.mem.len() {
                 self.mem.clear();
                 self.pos = 0;
-                if !self.refill()? {
-                    return Ok(total);
+                if let Some(s) = self.spill.as_mut() {
+                    if s.in_file == 0 && !s.reading {
+                        // Drained: closing the file frees its space.
+                        self.spill = None;
+                        self.io.close(self.id);
+                    } else if !s.reading {
+                        s.reading = true;
+                        self.io.read(self.id, REFILL);
+                    }
                 }
+                return Ok(total);
             }
             match w.write(&self.mem[self.pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -100,32 +110,35 @@ impl OutBuf {
         }
     }
 
-    /// Move the next piece of the file into memory; false when there is none.
-    fn refill(&mut self) -> io::Result<bool> {
-        let Some(f) = self.file.as_mut() else {
-            return Ok(false);
-        };
-        let n = (f.write_at - f.read_at).min(REFILL as u64) as usize;
-        if n == 0 {
-            // Drained: closing the file frees its space.
-            self.file = None;
-            return Ok(false);
+    /// Bytes read back from the spill file arrived.
+    pub fn read_back(&mut self, data: Vec<u8>) {
+        if let Some(s) = self.spill.as_mut() {
+            s.reading = false;
+            s.in_file = s.in_file.saturating_sub(data.len() as u64);
+            if self.pos == self.mem.len() {
+                self.mem.clear();
+                self.pos = 0;
+            }
+            self.mem.extend_from_slice(&data);
         }
-        self.mem.resize(n, 0);
-        f.file.read_exact_at(&mut self.mem, f.read_at)?;
-        f.read_at += n as u64;
-        if f.read_at == f.write_at {
-            self.file = None;
+    }
+}
+
+impl Drop for OutBuf {
+    fn drop(&mut self) {
+        if self.spill.is_some() {
+            self.io.close(self.id);
         }
-        Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    /// A writer that takes at most `n` bytes per call, then blocks.
+    /// A writer that takes at most `per_call` bytes per call, then blocks.
     struct Trickle {
         got: Vec<u8>,
         per_call: usize,
@@ -148,25 +161,40 @@ mod tests {
     }
 
     #[test]
-    fn order_survives_spilling() {
-        let mut ob = OutBuf::new(1000);
+    fn order_survives_spilling_through_the_spill_thread() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (io, done) = SpillIo::start(waker).unwrap();
+        let mut ob = OutBuf::new(1000, io, 7);
         let mut want = Vec::new();
         let mut sink = Trickle {
             got: Vec::new(),
             per_call: 777,
             calls_left: 0,
         };
+        // Write, and feed read-backs in, until everything is out.
+        let drain = |ob: &mut OutBuf, sink: &mut Trickle, calls: usize| {
+            sink.calls_left = calls;
+            loop {
+                ob.write_to(sink).unwrap();
+                if sink.calls_left == 0 || !ob.is_spilled() || ob.pending() == 0 {
+                    break;
+                }
+                let r = done.recv_timeout(Duration::from_secs(5)).unwrap();
+                assert_eq!(r.id, 7);
+                ob.read_back(r.data.unwrap());
+            }
+        };
         for i in 0..500u32 {
             let piece: Vec<u8> = (0..(i % 97 + 1)).map(|j| (i + j) as u8).collect();
             ob.push(&piece).unwrap();
             want.extend_from_slice(&piece);
             if i % 50 == 0 {
-                sink.calls_left = 3;
-                ob.write_to(&mut sink).unwrap();
+                drain(&mut ob, &mut sink, 3);
             }
         }
         assert!(ob.spilled > 0);
-        sink.calls_left = usize::MAX;
+        drain(&mut ob, &mut sink, usize::MAX);
         ob.write_to(&mut sink).unwrap();
         assert!(ob.is_empty());
         assert!(!ob.is_spilled());
