@@ -8,7 +8,7 @@
 //! 1 MiB into an unlinked temporary file), so that a malformed or slow
 //! upload never reaches or holds up a worker; responses are passed on as
 //! they arrive, buffered for slow clients in memory up to a cap and then in
-//! a temporary file kept by a spill thread ([`spill`]), so that a slow
+//! a temporary file kept by a spill thread (`spill`), so that a slow
 //! client never holds up a worker and the I/O thread never waits on disk.
 
 mod backend;

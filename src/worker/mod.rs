@@ -2,8 +2,8 @@
 //! application on a fixed pool of app threads, measures per-class speed and
 //! sends its résumé to every LB (ARCHITECTURE.md, "Worker").
 //!
-//! Threads: one I/O thread ([`io`]), `threads` app threads ([`threads`]),
-//! a timer thread that owns the résumé tracker ([`timer`]), and, when asked
+//! Threads: one I/O thread (`io`), `threads` app threads (`threads`),
+//! a timer thread that owns the résumé tracker (`timer`), and, when asked
 //! to, a signal thread.
 
 pub mod app;
