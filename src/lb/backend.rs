@@ -434,7 +434,7 @@ impl Loop {
     }
 
     pub(super) fn worker_flush(&mut self, slot: usize) {
-        self.pump_bodies(slot);
+        let waiting = self.pump_bodies(slot);
         let Some(w) = self.worker(slot) else { return };
         if !w.connected {
             return;
@@ -448,9 +448,10 @@ impl Loop {
             Err(e) => self.close_worker(slot, &format!("write failed: {e}")),
             Ok(()) => {
                 // Room again: more request bodies can go.
-                let more = self
-                    .worker(slot)
-                    .is_some_and(|w| !w.sending.is_empty() && w.has_room());
+                let more = !waiting
+                    && self
+                        .worker(slot)
+                        .is_some_and(|w| !w.sending.is_empty() && w.has_room());
                 if more {
                     self.mark_dirty(slot);
                 }

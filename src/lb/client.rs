@@ -13,6 +13,7 @@ use mio::Interest;
 use super::environ;
 use super::io::{token, Conn, Loop};
 use super::outbuf::OutBuf;
+use super::reqbody::{Piece, ReqBody};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{parse_head, BodyFraming, Limits, RequestHead};
 use crate::http::response::{chunk, plan, simple, Ask, Framing, LAST_CHUNK};
@@ -20,7 +21,6 @@ use crate::http::{reason, HttpError};
 use crate::proto::{
     encode_body, encode_end, encode_environ, Environ, ResponseHead, Rno, MAX_CHUNK,
 };
-use crate::util::spill::{BodyReader, SpillBuffer};
 use crate::util::time::clf_date;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -61,8 +61,7 @@ pub(super) struct Exchange {
     class: String,
     environ: Environ,
     reading: Reading,
-    body: Option<SpillBuffer>,
-    pub reader: Option<BodyReader>,
+    pub body: ReqBody,
     body_len: u64,
     pub phase: Phase,
     started: Instant,
@@ -242,6 +241,7 @@ impl Loop {
             let Some(peer) = peer else { return };
             let classifier = self.cfg.classifier.clone();
             let spill = self.cfg.spill_threshold;
+            let spill_io = self.spill_io.clone();
             let Some(c) = self.client(slot) else { return };
             if c.close_after {
                 return;
@@ -285,8 +285,7 @@ impl Loop {
                         class,
                         environ,
                         reading,
-                        body: Some(SpillBuffer::new(spill)),
-                        reader: None,
+                        body: ReqBody::new(spill_io, c.id, spill),
                         body_len: 0,
                         phase: Phase::Body,
                         started: now,
@@ -301,65 +300,39 @@ impl Loop {
                     self.mark_dirty(slot);
                 }
                 Some(ex) if ex.phase == Phase::Body => {
-                    let mut write_err = None;
-                    let body = ex.body.as_mut().expect("reading a body");
+                    let body = &mut ex.body;
                     match &mut ex.reading {
                         Reading::Done => {}
                         Reading::Sized(left) => {
                             let n = (*left).min(c.rbuf.len() as u64) as usize;
-                            if let Err(e) = body.write(&c.rbuf[..n]) {
-                                write_err = Some(e);
-                            }
+                            body.write(&c.rbuf[..n]);
                             c.rbuf.drain(..n);
                             *left -= n as u64;
                             if *left == 0 {
                                 ex.reading = Reading::Done;
                             }
                         }
-                        Reading::Chunked(dec) => {
-                            let r = dec.feed(&c.rbuf, &mut |d| {
-                                if write_err.is_none() {
-                                    if let Err(e) = body.write(d) {
-                                        write_err = Some(e);
-                                    }
-                                }
-                            });
-                            match r {
-                                Ok(used) => {
-                                    c.rbuf.drain(..used);
-                                    if dec.is_done() {
-                                        ex.reading = Reading::Done;
-                                    }
-                                }
-                                Err(e) => {
-                                    log::debug!("refused request body from {}: {e}", c.peer);
-                                    self.refuse(slot, e);
-                                    return;
+                        Reading::Chunked(dec) => match dec.feed(&c.rbuf, &mut |d| body.write(d)) {
+                            Ok(used) => {
+                                c.rbuf.drain(..used);
+                                if dec.is_done() {
+                                    ex.reading = Reading::Done;
                                 }
                             }
-                        }
-                    }
-                    if let Some(e) = write_err {
-                        log::error!("cannot buffer a request body: {e}");
-                        self.refuse(slot, BUFFER_FAILED);
-                        return;
+                            Err(e) => {
+                                log::debug!("refused request body from {}: {e}", c.peer);
+                                self.refuse(slot, e);
+                                return;
+                            }
+                        },
                     }
                     if !matches!(ex.reading, Reading::Done) {
                         return;
                     }
-                    let body = ex.body.take().expect("reading a body");
-                    ex.body_len = body.len();
+                    ex.body_len = ex.body.len();
                     if ex.body_len > 0 || ex.head.header("content-length").is_some() {
                         ex.environ
                             .insert("CONTENT_LENGTH".into(), ex.body_len.to_string());
-                    }
-                    match body.into_reader() {
-                        Ok(r) => ex.reader = Some(r),
-                        Err(e) => {
-                            log::error!("cannot read back a request body: {e}");
-                            self.refuse(slot, BUFFER_FAILED);
-                            return;
-                        }
                     }
                     self.dispatch(slot);
                 }
@@ -443,9 +416,7 @@ impl Loop {
                 head_sent: false,
             };
             ex.last_progress = Instant::now();
-            if let Some(r) = ex.reader.as_mut() {
-                let _ = r.rewind();
-            }
+            ex.body.rewind();
         }
         self.mark_dirty(wslot);
     }
@@ -474,16 +445,19 @@ impl Loop {
         }
     }
 
-    /// Copy request bodies into a worker's buffer while it has room.
-    pub(super) fn pump_bodies(&mut self, wslot: usize) {
-        let mut buf = vec![0u8; 4 * MAX_CHUNK];
+    /// Copy request bodies into a worker's buffer while it has room. True
+    /// when stopped by a body being read back from its spill file (the
+    /// read-back marks the connection again).
+    pub(super) fn pump_bodies(&mut self, wslot: usize) -> bool {
         loop {
-            let Some(w) = self.worker(wslot) else { return };
+            let Some(w) = self.worker(wslot) else {
+                return false;
+            };
             if !w.has_room() {
-                return;
+                return false;
             }
             let Some(&rno) = w.sending.front() else {
-                return;
+                return false;
             };
             let target = w.inflight.get(&rno).map(|f| (f.client_slot, f.client_id));
             let Some((cs, _)) = target.filter(|&(cs, cid)| self.client_is(cs, cid)) else {
@@ -492,30 +466,44 @@ impl Loop {
                 }
                 continue;
             };
-            let read = self
+            let piece = self
                 .client(cs)
                 .and_then(|c| c.ex.as_mut())
-                .and_then(|ex| ex.reader.as_mut())
-                .map(|r| r.read(&mut buf));
-            let Some(w) = self.worker(wslot) else { return };
-            match read {
-                Some(Ok(0)) | None => {
+                .map_or(Piece::Done, |ex| ex.body.next_piece(4 * MAX_CHUNK));
+            let Some(w) = self.worker(wslot) else {
+                return false;
+            };
+            match piece {
+                Piece::Done => {
                     encode_end(w.out.buf(), rno);
                     w.sending.pop_front();
                 }
-                Some(Ok(n)) => encode_body(w.out.buf(), rno, &buf[..n]),
-                Some(Err(e)) => {
-                    log::error!("cannot read a buffered request body: {e}");
-                    w.sending.pop_front();
-                    self.cancel_on_worker(wslot, rno);
-                    self.refuse(
-                        cs,
-                        HttpError {
-                            status: 500,
-                            why: "cannot read the buffered request body",
-                        },
-                    );
+                Piece::Data(d) => encode_body(w.out.buf(), rno, &d),
+                Piece::Pending => return true,
+            }
+        }
+    }
+
+    /// A spilled request body's bytes came back from the spill thread.
+    pub(super) fn body_read_back(&mut self, slot: usize, data: std::io::Result<Vec<u8>>) {
+        let Some(ex) = self.client(slot).and_then(|c| c.ex.as_mut()) else {
+            return;
+        };
+        let Phase::Forwarded { wslot, rno, .. } = ex.phase else {
+            return;
+        };
+        match data {
+            Ok(d) => {
+                ex.body.read_back(d);
+                self.mark_dirty(wslot);
+            }
+            Err(e) => {
+                log::error!("cannot read back a buffered request body: {e}");
+                if let Some(w) = self.worker(wslot) {
+                    w.sending.retain(|&r| r != rno);
                 }
+                self.cancel_on_worker(wslot, rno);
+                self.refuse(slot, BUFFER_FAILED);
             }
         }
     }

@@ -211,9 +211,15 @@ impl Loop {
     /// Commands, ticks and signals. True: exit now.
     fn handle_messages(&mut self) -> bool {
         while let Ok(r) = self.spill_rx.try_recv() {
-            let Some(&slot) = self.client_by_id.get(&r.id) else {
+            let body = r.id & super::reqbody::BODY_BIT != 0;
+            let client = r.id & !super::reqbody::BODY_BIT;
+            let Some(&slot) = self.client_by_id.get(&client) else {
                 continue;
             };
+            if body {
+                self.body_read_back(slot, r.data);
+                continue;
+            }
             match r.data {
                 Ok(data) => {
                     if let Some(c) = self.client(slot) {

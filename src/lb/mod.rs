@@ -5,7 +5,8 @@
 //! their own threads.
 //!
 //! Requests are read whole before they are sent to a worker (bodies over
-//! 1 MiB into an unlinked temporary file), so that a malformed or slow
+//! 1 MiB into an unlinked temporary file kept by the spill thread), so that
+//! a malformed or slow
 //! upload never reaches or holds up a worker; responses are passed on as
 //! they arrive, buffered for slow clients in memory up to a cap and then in
 //! a temporary file kept by a spill thread (`spill`), so that a slow
@@ -17,6 +18,7 @@ pub mod environ;
 mod io;
 pub mod metrics;
 pub mod outbuf;
+mod reqbody;
 mod spill;
 pub mod status;
 

@@ -1,8 +1,9 @@
 //! The LB's spill thread: response bytes for slow clients past the memory
 //! cap go to unlinked temporary files that this thread writes and reads, so
 //! that the I/O thread never waits on the disk (ARCHITECTURE.md, helper
-//! threads). Each file is named by its client's connection id; commands for
-//! one id are handled in the order they were sent.
+//! threads) unless the disk falls far behind. Each file is named by an id
+//! (a client's connection id, with a high bit for request bodies); commands
+//! for one id are handled in the order they were sent.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,9 +11,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::util::spill::anonymous_file;
+
+/// Commands queued for the spill thread before the I/O thread waits.
+const QUEUE: usize = 256;
 
 enum Cmd {
     Write(u64, Vec<u8>),
@@ -42,7 +46,10 @@ impl SpillIo {
     /// Start the thread; read-backs arrive on the returned channel, with a
     /// wake of the I/O loop.
     pub fn start(waker: Arc<mio::Waker>) -> io::Result<(SpillIo, Receiver<SpillRead>)> {
-        let (tx, rx) = unbounded::<Cmd>();
+        // Bounded: if the disk falls this far behind (commands carry at
+        // most 64 KiB … a few hundred KiB each), the I/O thread waits rather
+        // than letting memory grow.
+        let (tx, rx) = bounded::<Cmd>(QUEUE);
         let (done_tx, done_rx) = unbounded();
         std::thread::Builder::new()
             .name("lb-spill".into())
