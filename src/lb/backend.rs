@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::io::{token, Conn, Loop};
+use super::io::{Conn, Loop};
 use crate::pool::WorkerId;
 use crate::proto::{encode_null, Decoded, Hello, Rno, ToLb, DEFAULT_MAX_FRAME};
 use crate::util::wbuf::WriteBuf;
@@ -139,20 +139,8 @@ impl Loop {
                 last_read: now,
                 last_write: now,
             })));
-            let registered = match self.conns.get_mut(slot) {
-                Some(Conn::Worker(w)) => self
-                    .poll
-                    .registry()
-                    .register(
-                        &mut w.stream,
-                        token(slot),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_ok(),
-                _ => false,
-            };
+            let registered = self.register_slot(slot, Interest::READABLE | Interest::WRITABLE);
             if !registered {
-                self.conns.remove(slot);
                 if let Some(a) = self.addrs.get_mut(&addr) {
                     a.retry_at = retry;
                 }

@@ -11,7 +11,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::environ;
-use super::io::{token, Conn, Loop};
+use super::io::{Conn, Loop};
 use super::outbuf::OutBuf;
 use super::reqbody::{Piece, ReqBody};
 use crate::http::chunked::ChunkedDecoder;
@@ -157,20 +157,7 @@ impl Loop {
             last_write: now,
             head_started: None,
         })));
-        let ok = match self.conns.get_mut(slot) {
-            Some(Conn::Client(c)) => self
-                .poll
-                .registry()
-                .register(
-                    &mut c.stream,
-                    token(slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_ok(),
-            _ => false,
-        };
-        if !ok {
-            self.conns.remove(slot);
+        if !self.register_slot(slot, Interest::READABLE | Interest::WRITABLE) {
             return;
         }
         self.client_by_id.insert(id, slot);

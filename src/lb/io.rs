@@ -26,7 +26,7 @@ pub(super) const WAKER: Token = Token(1);
 pub(super) const STATUS: Token = Token(2);
 pub(super) const FIRST_CONN: usize = 3;
 
-pub(super) fn token(slot: usize) -> Token {
+fn token(slot: usize) -> Token {
     Token(slot + FIRST_CONN)
 }
 
@@ -152,6 +152,23 @@ impl Loop {
     pub(super) fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Register the socket of the connection in `slot`; on failure the
+    /// connection is dropped and false returned.
+    pub(super) fn register_slot(&mut self, slot: usize, interest: Interest) -> bool {
+        let registry = self.poll.registry();
+        let ok = match self.conns.get_mut(slot) {
+            Some(Conn::Client(c)) => registry.register(&mut c.stream, token(slot), interest),
+            Some(Conn::Worker(w)) => registry.register(&mut w.stream, token(slot), interest),
+            Some(Conn::Status(s)) => registry.register(&mut s.stream, token(slot), interest),
+            None => return false,
+        }
+        .is_ok();
+        if !ok {
+            self.conns.remove(slot);
+        }
+        ok
     }
 
     pub(super) fn mark_dirty(&mut self, slot: usize) {
@@ -453,16 +470,8 @@ impl Loop {
                     let slot = self
                         .conns
                         .insert(Conn::Status(StatusConn::new(stream, doc)));
-                    if let Some(Conn::Status(s)) = self.conns.get_mut(slot) {
-                        if self
-                            .poll
-                            .registry()
-                            .register(&mut s.stream, token(slot), Interest::WRITABLE)
-                            .is_err()
-                        {
-                            self.conns.remove(slot);
-                            continue;
-                        }
+                    if !self.register_slot(slot, Interest::WRITABLE) {
+                        continue;
                     }
                     self.status_event(slot);
                 }

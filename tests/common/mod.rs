@@ -109,17 +109,24 @@ pub struct WorkerProc {
     pub addr: SocketAddr,
 }
 
-pub fn start_worker(extra: &[&str]) -> WorkerProc {
+/// Start `bin -a 127.0.0.1:0 EXTRA…` and read the address it logs after
+/// `needle`.
+fn start_listening(bin: &str, needle: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut args = vec!["-a", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let proc = Proc::start(WORKER, &args);
-    let line = proc.wait_for("worker listening on ", Duration::from_secs(10));
+    let proc = Proc::start(bin, &args);
+    let line = proc.wait_for(needle, Duration::from_secs(10));
     let addr = line
-        .split("worker listening on ")
+        .split(needle)
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (proc, addr)
+}
+
+pub fn start_worker(extra: &[&str]) -> WorkerProc {
+    let (proc, addr) = start_listening(WORKER, "worker listening on ", extra);
     WorkerProc { proc, addr }
 }
 
@@ -349,15 +356,7 @@ pub struct LbProc {
 }
 
 pub fn start_lb(extra: &[&str]) -> LbProc {
-    let mut args = vec!["-a", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let proc = Proc::start(LB, &args);
-    let line = proc.wait_for("listening on ", Duration::from_secs(10));
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (proc, addr) = start_listening(LB, "listening on ", extra);
     LbProc { proc, addr }
 }
 
