@@ -180,8 +180,14 @@ fn worker_ignores_frames_for_unknown_requests_and_refuses_a_reused_number() {
     lb.send(&ToWorker::Cancel(79));
     assert_eq!(lb.request(1, environ("GET", "/", "", "u"), b"").code(), 200);
     // A second environ for a request still in flight.
-    lb.send(&ToWorker::Environ(2, environ("GET", "/", "sleep=500", "u")));
-    lb.send(&ToWorker::Environ(2, environ("GET", "/", "", "u")));
+    lb.send(&ToWorker::Environ(
+        2,
+        environ("GET", "/", "sleep=500", "u").into_iter().collect(),
+    ));
+    lb.send(&ToWorker::Environ(
+        2,
+        environ("GET", "/", "", "u").into_iter().collect(),
+    ));
     while let Some(m) = lb.recv() {
         assert!(matches!(m, ToLb::KeepAlive), "{m:?}");
     }

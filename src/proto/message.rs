@@ -13,6 +13,11 @@ use super::frame::{decode_raw, encode_with, Decoded, ProtoError, RawFrame, Rno, 
 /// A request's CGI/WSGI-style environment: name → value.
 pub type Environ = BTreeMap<String, String>;
 
+/// An environ as it came off the wire: its entries in order, repeated keys
+/// kept (a CBOR map may repeat a key; the worker refuses such a request
+/// rather than pick one of the values).
+pub type EnvironPairs = Vec<(String, String)>;
+
 /// A worker's résumé: request class → score (≥ 0).
 pub type Resume = BTreeMap<String, f64>;
 
@@ -39,7 +44,7 @@ pub struct ResponseHead {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToWorker {
     KeepAlive,
-    Environ(Rno, Environ),
+    Environ(Rno, EnvironPairs),
     /// A non-empty piece of the request body.
     Body(Rno, Vec<u8>),
     EndOfBody(Rno),
@@ -167,6 +172,9 @@ impl ToWorker {
     /// Interpret a raw frame sent by an LB.
     pub fn from_frame(frame: RawFrame<'_>) -> Result<ToWorker, ProtoError> {
         let rno = frame.rno;
+        if rno != 0 && is_map(frame.payload) {
+            return parse_environ(rno, frame.payload).map(|env| ToWorker::Environ(rno, env));
+        }
         let value = parse_item(frame.payload)?;
         match (rno, value) {
             (0, Value::Null) => Ok(ToWorker::KeepAlive),
@@ -174,23 +182,6 @@ impl ToWorker {
             (rno, Value::Null) => Ok(ToWorker::Cancel(rno)),
             (rno, Value::Bytes(b)) if b.is_empty() => Ok(ToWorker::EndOfBody(rno)),
             (rno, Value::Bytes(b)) => Ok(ToWorker::Body(rno, b)),
-            (rno, Value::Map(m)) => {
-                let mut env = Environ::new();
-                for (k, v) in m {
-                    match (k, v) {
-                        (Value::Text(k), Value::Text(v)) => {
-                            env.insert(k, v);
-                        }
-                        (k, v) => {
-                            return Err(ProtoError::Shape {
-                                rno,
-                                what: format!("environ entry {} → {}", kind(&k), kind(&v)),
-                            })
-                        }
-                    }
-                }
-                Ok(ToWorker::Environ(rno, env))
-            }
             (rno, other) => Err(shape(rno, &other)),
         }
     }
@@ -273,6 +264,66 @@ fn parse_item(payload: &[u8]) -> Result<Value, ProtoError> {
         });
     }
     Ok(value)
+}
+
+/// Whether the item in `payload` is a CBOR map (major type 5).
+fn is_map(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|b| b >> 5 == 5)
+}
+
+/// A map's entries in wire order, repeated keys included (decoding into a
+/// `Value::Map` would keep only the last of them).
+struct MapEntries(Vec<(Value, Value)>);
+
+impl<'de> serde::Deserialize<'de> for MapEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MapEntries, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = MapEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MapEntries, A::Error> {
+                // The size hint comes from the peer: cap what it reserves.
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
+                while let Some(entry) = map.next_entry::<Value, Value>()? {
+                    out.push(entry);
+                }
+                Ok(MapEntries(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// An environ frame's payload: a map of text to text, in wire order.
+fn parse_environ(rno: Rno, payload: &[u8]) -> Result<EnvironPairs, ProtoError> {
+    use serde::Deserialize;
+    let mut de = serde_cbor::Deserializer::from_slice(payload);
+    let entries =
+        MapEntries::deserialize(&mut de).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let used = de.byte_offset();
+    if de.end().is_err() {
+        return Err(ProtoError::TrailingBytes {
+            extra: payload.len().saturating_sub(used),
+        });
+    }
+    let mut env = Vec::with_capacity(entries.0.len());
+    for (k, v) in entries.0 {
+        match (k, v) {
+            (Value::Text(k), Value::Text(v)) => env.push((k, v)),
+            (k, v) => {
+                return Err(ProtoError::Shape {
+                    rno,
+                    what: format!("environ entry {} → {}", kind(&k), kind(&v)),
+                })
+            }
+        }
+    }
+    Ok(env)
 }
 
 /// Length of the item at the front of `payload` (for error messages only).

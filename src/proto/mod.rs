@@ -12,5 +12,6 @@ pub use frame::{
 };
 pub use message::{
     encode_body, encode_drain, encode_end, encode_environ, encode_head, encode_hello, encode_null,
-    encode_resume, Environ, Hello, ResponseHead, Resume, ToLb, ToWorker, PROTOCOL_VERSION,
+    encode_resume, Environ, EnvironPairs, Hello, ResponseHead, Resume, ToLb, ToWorker,
+    PROTOCOL_VERSION,
 };

@@ -60,14 +60,15 @@ fn vector_drain_and_abort() {
 }
 
 fn sample_to_worker() -> Vec<ToWorker> {
-    let mut env = Environ::new();
-    env.insert("REQUEST_METHOD".into(), "GET".into());
-    env.insert("PATH_INFO".into(), "/caf\u{e9}".into());
-    env.insert("resumelb.request_class".into(), "example.com".into());
+    let env = vec![
+        ("REQUEST_METHOD".into(), "GET".into()),
+        ("PATH_INFO".into(), "/caf\u{e9}".into()),
+        ("resumelb.request_class".into(), "example.com".into()),
+    ];
     vec![
         ToWorker::KeepAlive,
         ToWorker::Environ(1, env),
-        ToWorker::Environ(2, Environ::new()),
+        ToWorker::Environ(2, Vec::new()),
         ToWorker::Body(1, vec![0, 1, 2, 255]),
         ToWorker::EndOfBody(1),
         ToWorker::Cancel(u32::MAX),
@@ -314,4 +315,31 @@ fn garbage_never_panics() {
         let _ = ToLb::decode(&bytes, 100);
         let _ = ToWorker::decode(&bytes, 100);
     }
+}
+
+#[test]
+fn environ_keeps_repeated_keys_in_wire_order() {
+    // a2 {"a": "1", "a": "2"}: a map may repeat a key; both reach the worker.
+    let bytes = hex("00000001 00000009 a2 6161 6131 6161 6132");
+    let Decoded::Complete(ToWorker::Environ(1, env), _) = ToWorker::decode(&bytes, 100).unwrap()
+    else {
+        panic!("not an environ")
+    };
+    assert_eq!(
+        env,
+        vec![("a".into(), "1".into()), ("a".into(), "2".into())]
+    );
+    // An indefinite-length map (bf … ff) decodes the same way.
+    let bytes = hex("00000002 00000006 bf 6161 6131 ff");
+    let Decoded::Complete(ToWorker::Environ(2, env), _) = ToWorker::decode(&bytes, 100).unwrap()
+    else {
+        panic!("not an environ")
+    };
+    assert_eq!(env, vec![("a".into(), "1".into())]);
+    // Bytes after the map are still an error.
+    let bytes = hex("00000001 00000002 a0 f6");
+    assert_eq!(
+        ToWorker::decode(&bytes, 100),
+        Err(ProtoError::TrailingBytes { extra: 1 })
+    );
 }

@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::app::Request;
 use super::shared::{Ctl, Flow, Job, Out};
+use super::validate;
 use super::Command;
 use crate::proto::{
     encode_drain, encode_end, encode_head, encode_null, encode_resume, Decoded, Environ,
@@ -49,6 +50,9 @@ enum Req {
         req_id: u64,
         cancel: Arc<AtomicBool>,
     },
+    /// The environ was refused: its body is ignored, and its end answered
+    /// with 400 (the LB sees an ordinary request and response).
+    Refused,
 }
 
 struct LbConn {
@@ -549,10 +553,22 @@ fn request_id(conn: &LbConn, rno: Rno) -> String {
 fn handle(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String> {
     match msg {
         ToWorker::KeepAlive => {}
-        ToWorker::Environ(rno, environ) => {
+        ToWorker::Environ(rno, pairs) => {
             if conn.requests.contains_key(&rno) {
                 return Err(format!("request number {rno} reused while in flight"));
             }
+            let environ = match validate::environ(pairs) {
+                Ok(env) => env,
+                Err(why) => {
+                    log::warn!(
+                        "{}: request from LB {} refused (400): {why}",
+                        request_id(conn, rno),
+                        conn.peer
+                    );
+                    conn.requests.insert(rno, Req::Refused);
+                    return Ok(());
+                }
+            };
             ctx.next_req_id += 1;
             if ctx.trace.is_enabled() {
                 let method = environ.get("REQUEST_METHOD").map_or("", String::as_str);
@@ -585,9 +601,15 @@ fn handle(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String>
             }
         }
         ToWorker::EndOfBody(rno) => {
-            let Some(Req::Receiving { .. }) = conn.requests.get(&rno) else {
-                return Ok(());
-            };
+            match conn.requests.get(&rno) {
+                Some(Req::Receiving { .. }) => {}
+                Some(Req::Refused) => {
+                    conn.requests.remove(&rno);
+                    respond_status(conn, rno, "400 Bad Request");
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            }
             let Some(Req::Receiving {
                 req_id,
                 environ,
@@ -602,12 +624,12 @@ fn handle(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String>
             let reader = match body.into_reader() {
                 Ok(r) if !failed => r,
                 Ok(_) => {
-                    respond_error(conn, rno);
+                    respond_status(conn, rno, "500 Internal Server Error");
                     return Ok(());
                 }
                 Err(e) => {
                     log::error!("{id}: cannot read back request body: {e}");
-                    respond_error(conn, rno);
+                    respond_status(conn, rno, "500 Internal Server Error");
                     return Ok(());
                 }
             };
@@ -649,16 +671,17 @@ fn handle(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String>
             Some(Req::Receiving { .. }) => {
                 ctx.trace.record('E', request_id(conn, rno), "cancelled");
             }
-            None => {}
+            Some(Req::Refused) | None => {}
         },
     }
     Ok(())
 }
 
-/// Answer 500 from the I/O thread (the body could not be stored).
-fn respond_error(conn: &mut LbConn, rno: Rno) {
+/// Answer from the I/O thread, with no body: 500 when the body could not
+/// be stored, 400 for a refused environ.
+fn respond_status(conn: &mut LbConn, rno: Rno, status: &str) {
     let head = ResponseHead {
-        status: "500 Internal Server Error".into(),
+        status: status.into(),
         headers: vec![("Content-Length".into(), "0".into())],
     };
     let _ = encode_head(conn.out.buf(), rno, &head);

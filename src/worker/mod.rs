@@ -13,6 +13,7 @@ mod shared;
 mod threads;
 mod timer;
 pub mod upstream;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -146,6 +146,26 @@ fn header_name(env_key: &str) -> String {
         .join("-")
 }
 
+/// A decoded path as a request target: characters other than unreserved,
+/// sub-delims, `:`, `@` and `/` percent-encoded (ISO-8859-1 characters as
+/// their byte, any other as its UTF-8 bytes).
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c) {
+            out.push(c);
+        } else if let Ok(b) = u8::try_from(u32::from(c)) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            let mut utf8 = [0; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
 /// The request head to send upstream.
 #[doc(hidden)]
 pub fn request_head(req: &Request, body_len: u64) -> Vec<u8> {
@@ -153,7 +173,9 @@ pub fn request_head(req: &Request, body_len: u64) -> Vec<u8> {
     let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("");
     let mut target = get("REQUEST_URI").to_string();
     if target.is_empty() {
-        target = get("PATH_INFO").to_string();
+        // PATH_INFO is decoded: encode it again, or a decoded space or '?'
+        // would change the request line's meaning.
+        target = encode_path(get("PATH_INFO"));
         if !get("QUERY_STRING").is_empty() {
             target = format!("{target}?{}", get("QUERY_STRING"));
         }
@@ -583,5 +605,23 @@ mod tests {
         assert!(!text.contains("Connection"));
         assert!(!text.to_ascii_lowercase().contains("te: trailers"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_decoded_path_is_encoded_again_when_there_is_no_request_uri() {
+        assert_eq!(
+            encode_path("/a b/%?#\u{e9}\u{2603}"),
+            "/a%20b/%25%3F%23%E9%E2%98%83"
+        );
+        let env: Environ = [
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/x HTTP/1.1\r\nHost: evil"),
+            ("QUERY_STRING", "q=1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let head = request_head(&Request::new(env, BodyReader::empty()), 0);
+        assert!(head.starts_with(b"GET /x%20HTTP/1.1%0D%0AHost:%20evil?q=1 HTTP/1.1\r\n"));
     }
 }

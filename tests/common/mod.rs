@@ -278,7 +278,9 @@ impl TestLb {
     /// Send a whole request.
     pub fn send_request(&mut self, rno: Rno, env: Environ, body: &[u8]) {
         let mut out = Vec::new();
-        ToWorker::Environ(rno, env).encode(&mut out).unwrap();
+        ToWorker::Environ(rno, env.into_iter().collect())
+            .encode(&mut out)
+            .unwrap();
         resumelb::proto::encode_body(&mut out, rno, body);
         resumelb::proto::encode_end(&mut out, rno);
         self.stream.write_all(&out).unwrap();
@@ -649,7 +651,9 @@ impl FakeConn {
         loop {
             match self.recv() {
                 Some(ToWorker::Body(r, b)) if r == rno => body.extend(b),
-                Some(ToWorker::EndOfBody(r)) if r == rno => return (rno, env, body),
+                Some(ToWorker::EndOfBody(r)) if r == rno => {
+                    return (rno, env.into_iter().collect(), body)
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
