@@ -346,6 +346,10 @@ fn status_document_and_get_lb_status() {
     let w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
     let lb = lb_with(&[&w], &["-s", sock.to_str().unwrap()]);
     wait_joined(&lb, 1);
+    // Owner and group only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "status socket mode {mode:o}");
     let mut slow = HttpConn::connect(lb.addr);
     slow.send(b"GET /1?sleep=1500 HTTP/1.1\r\nHost: s\r\n\r\n");
     wait_until("the request in flight", T, || {

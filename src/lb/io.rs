@@ -106,9 +106,16 @@ impl Loop {
                 {
                     let _ = std::fs::remove_file(path);
                 }
-                let mut l = UnixListener::bind(path).map_err(|e| {
+                let status_error = |e: io::Error| {
                     io::Error::new(e.kind(), format!("status socket {}: {e}", path.display()))
-                })?;
+                };
+                let mut l = UnixListener::bind(path).map_err(status_error)?;
+                // Owner and group only: the document names every worker.
+                // (Until this chmod the umask applies; connecting needs
+                // write permission, which the usual umask 022 denies.)
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                    .map_err(status_error)?;
                 poll.registry()
                     .register(&mut l, STATUS, Interest::READABLE)?;
                 Some((l, path.clone()))
