@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use resumelb::proto::{Environ, EnvironPairs, ToWorker};
+use resumelb::proto::{Environ, EnvironPairs, ToLb, ToWorker};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -161,4 +161,161 @@ fn malicious_environs_are_refused_and_the_connection_carries_on() {
     let log = w.proc.wait_for("refused (400)", T);
     assert!(log.contains("1.1: request from LB"), "{log}");
     assert_eq!(w.proc.stderr().matches("refused (400)").count(), 18);
+}
+
+/// A worker that refuses 127.0.0.1 closes the connection at once, says so
+/// once however often the peer tries, and serves when the list allows it.
+#[test]
+fn allow_refuses_peers_outside_the_list() {
+    let w = start_worker(&["--app", "demo", "--allow", "10.0.0.0/8, fd00::/8"]);
+    for _ in 0..3 {
+        let mut lb = TestLb::connect(w.addr);
+        assert!(lb.recv().is_none(), "a refused peer got a frame");
+    }
+    let line = w.proc.wait_for("not in --allow", T);
+    assert!(
+        line.contains("LB 127.0.0.1:") && line.contains("connection refused"),
+        "{line}"
+    );
+    // Rate-limited: three refusals, one line.
+    assert_eq!(w.proc.stderr().matches("not in --allow").count(), 1);
+
+    let w = start_worker(&["--app", "demo", "--allow", "127.0.0.0/8"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let r = lb.request(1, environ("GET", "/", "", "c"), b"");
+    assert_eq!(r.code(), 200);
+}
+
+fn secret(dir: &TempDir, name: &str, text: &str) -> String {
+    let p = dir.path(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn get_worker_resume(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_get-worker-resume"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Same secret on both sides: the LB answers the challenge, the worker
+/// joins and serves; get-worker-resume answers it too.
+#[test]
+fn matching_secret_lets_the_lb_in() {
+    let dir = TempDir::new("secret-ok");
+    let s = secret(&dir, "s", "correct horse battery staple\n");
+    let w = start_worker(&["--app", "demo", "--secret-file", &s]);
+    let lb = start_lb(&["--secret-file", &s, &w.addr.to_string()]);
+    lb.proc.wait_for("joined", T);
+    let r = get(lb.addr, "example.com", "/1");
+    assert_eq!(r.status, 200);
+    w.proc.wait_for("shared secret proven", T);
+
+    // By hand, on the wire: challenge first, then résumé and hello.
+    let mut conn = TestLb::connect(w.addr);
+    let Some(ToLb::Challenge(nonce)) = conn.recv() else {
+        panic!("no challenge first")
+    };
+    assert_eq!(nonce.len(), 32);
+    let key = resumelb::proto::auth::Secret::new(b"correct horse battery staple").unwrap();
+    conn.send(&ToWorker::Auth(key.mac(&nonce)));
+    conn.greeting();
+
+    let out = get_worker_resume(&["--secret-file", &s, &w.addr.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Different secrets: both sides refuse, each says why once, and no
+/// request reaches the worker.
+#[test]
+fn mismatched_secret_is_refused_on_both_sides() {
+    let dir = TempDir::new("secret-bad");
+    let s1 = secret(&dir, "s1", "one");
+    let s2 = secret(&dir, "s2", "two");
+    let w = start_worker(&["--app", "demo", "--secret-file", &s1]);
+    let lb = start_lb(&["-L", "debug", "--secret-file", &s2, &w.addr.to_string()]);
+    let line = lb.proc.wait_for("shared secrets differ", T);
+    assert!(line.contains(&w.addr.to_string()), "{line}");
+    let line = w.proc.wait_for("wrong answer to the challenge", T);
+    assert!(line.contains("127.0.0.1"), "{line}");
+    // The LB retries about once a second: still one warning on each side.
+    wait_until("three connection tries", T, || {
+        lb.proc.stderr().matches("connected to worker").count() >= 3
+    });
+    assert_eq!(lb.proc.stderr().matches("shared secrets differ").count(), 1);
+    assert_eq!(w.proc.stderr().matches("wrong answer").count(), 1);
+    assert!(!lb.proc.stderr().contains("joined"));
+
+    let out = get_worker_resume(&["--secret-file", &s2, &w.addr.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shared secrets differ"), "{err}");
+}
+
+/// A secret on one side only: refused, with a line saying which side
+/// lacks it.
+#[test]
+fn missing_secret_on_either_side_is_refused() {
+    let dir = TempDir::new("secret-missing");
+    let s = secret(&dir, "s", "only here");
+
+    // The LB has one, the worker not.
+    let open = start_worker(&["--app", "demo"]);
+    let lb = start_lb(&["--secret-file", &s, &open.addr.to_string()]);
+    let line = lb.proc.wait_for("did not send a challenge", T);
+    assert!(line.contains(&open.addr.to_string()), "{line}");
+    let out = get_worker_resume(&["--secret-file", &s, &open.addr.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sent no challenge"));
+
+    // The worker has one, the LB not.
+    let closed = start_worker(&["--app", "demo", "--secret-file", &s]);
+    let lb = start_lb(&[&closed.addr.to_string()]);
+    let line = lb.proc.wait_for("asks for a shared secret", T);
+    assert!(line.contains(&closed.addr.to_string()), "{line}");
+    let out = get_worker_resume(&[&closed.addr.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --secret-file"));
+
+    // A peer that sends a request instead of the answer: closed at once.
+    let mut peer = TestLb::connect(closed.addr);
+    assert!(matches!(peer.recv(), Some(ToLb::Challenge(_))));
+    let _ = peer.stream.write_all(&frame_of(&ToWorker::Environ(
+        1,
+        pairs(environ("GET", "/", "", "c")),
+    )));
+    assert!(peer.recv().is_none());
+    closed
+        .proc
+        .wait_for("instead of answering the challenge", T);
+
+    // A peer that says nothing: closed after the answer time.
+    let mut silent = TestLb::connect(closed.addr);
+    assert!(matches!(silent.recv(), Some(ToLb::Challenge(_))));
+    assert!(
+        silent.recv().is_none(),
+        "still open after the challenge timeout"
+    );
+    closed
+        .proc
+        .wait_for("no answer to the challenge within 5 s", T);
+
+    // An unreadable or empty secret file is a usage error (exit 2).
+    let empty = secret(&dir, "empty", "\n");
+    for f in [empty.as_str(), "/nonexistent/secret"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_resumelb-worker"))
+            .args(["-a", "127.0.0.1:0", "--app", "demo", "--secret-file", f])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("secret file"));
+    }
+}
+
+fn frame_of(msg: &ToWorker) -> Vec<u8> {
+    let mut out = Vec::new();
+    msg.encode(&mut out).unwrap();
+    out
 }

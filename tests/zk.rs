@@ -494,3 +494,45 @@ fn zookeeper_down_at_start_and_restarted_under_load() {
         "requests failed while ZooKeeper was away"
     );
 }
+
+/// The worker's `allow` property applies at once (and a removed one
+/// reverts to the command line); zkresumelb with the same secret as the
+/// worker gets in.
+#[test]
+fn allow_property_and_secret_through_zookeeper() {
+    let zs = zk_addr();
+    let zk = client(&zs);
+    let lb_path = root("allow");
+    let path = format!("{lb_path}/workers");
+    put(&zk, &path, r#"{"allow": "10.0.0.0/8"}"#);
+    let dir = TempDir::new("zk-secret");
+    let secret = dir.path("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let w = zk_worker(&zs, &path, &["--secret-file", secret]);
+    w.proc.wait_for("connections allowed from 10.0.0.0/8", T);
+    let mut refused = TestLb::connect(w.addr);
+    assert!(
+        refused.recv().is_none(),
+        "a peer outside the list got a frame"
+    );
+    w.proc.wait_for("not in --allow", T);
+
+    // Removed: back to the command line's (any address); zkresumelb with
+    // the secret joins the worker.
+    put(&zk, &path, "{}");
+    w.proc.wait_for("connections allowed from any address", T);
+    let sock = dir.path("lb.sock");
+    let lb = zk_lb(
+        &zs,
+        &lb_path,
+        &["--secret-file", secret, "-s", sock.to_str().unwrap()],
+    );
+    lb.proc.wait_for("joined", T);
+    assert_eq!(lb_workers(&lb, &sock), vec![w.addr.to_string()]);
+    w.proc.wait_for("shared secret proven", T);
+
+    // A new list that leaves it out closes its connection.
+    put(&zk, &path, r#"{"allow": ["10.0.0.0/8"]}"#);
+    w.proc.wait_for("not in the new allowed list", T);
+}

@@ -1,14 +1,15 @@
 //! `get-worker-resume HOST:PORT…`: connect to workers as an LB would, read
 //! the résumé each sends first, and print it.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use getopts::Options;
 
 use super::{parse, seconds, standard_options, CliError};
-use crate::proto::{Decoded, Resume, ToLb, DEFAULT_MAX_FRAME};
+use crate::proto::auth::Secret;
+use crate::proto::{encode_auth, Decoded, Resume, ToLb, DEFAULT_MAX_FRAME};
 use crate::worker::resolve;
 
 pub const NAME: &str = "get-worker-resume";
@@ -23,27 +24,61 @@ pub fn options() -> Options {
         "seconds to wait for each worker (default 5)",
         "SECONDS",
     );
+    o.optopt(
+        "",
+        "secret-file",
+        "answer the workers' challenges with the shared secret in PATH",
+        "PATH",
+    );
     standard_options(&mut o);
     o
 }
 
-/// Read a worker's first résumé.
-pub fn fetch(addr: &str, timeout: Duration) -> Result<Resume, String> {
+/// Read a worker's first résumé, answering its challenge with `secret`.
+pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<Resume, String> {
     let sa = resolve(addr).map_err(|e| e.to_string())?;
     let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
+    let mut answered = false;
     loop {
         match ToLb::decode(&buf, DEFAULT_MAX_FRAME).map_err(|e| e.to_string())? {
-            Decoded::Complete(ToLb::Resume(r), _) => return Ok(r),
-            Decoded::Complete(other, _) => {
-                return Err(format!("expected a résumé first, got {other:?}"))
+            Decoded::Complete(msg, used) => {
+                buf.drain(..used);
+                match (msg, secret) {
+                    (ToLb::Challenge(_), None) => {
+                        return Err("the worker asks for a shared secret: give --secret-file".into())
+                    }
+                    (ToLb::Challenge(nonce), Some(secret)) if !answered => {
+                        let mut out = Vec::new();
+                        encode_auth(&mut out, &secret.mac(&nonce));
+                        s.write_all(&out).map_err(|e| e.to_string())?;
+                        answered = true;
+                        continue;
+                    }
+                    (_, Some(_)) if !answered => {
+                        return Err("the worker sent no challenge: it has no shared secret".into())
+                    }
+                    (ToLb::Resume(r), _) => return Ok(r),
+                    (other, _) => return Err(format!("expected a résumé first, got {other:?}")),
+                }
             }
             Decoded::Partial => {}
         }
-        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(format!("timed out after {} s", timeout.as_secs_f64()))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if n == 0 && answered {
+            return Err("the worker closed the connection after our answer to its \
+                        challenge: the shared secrets differ"
+                .into());
+        }
         if n == 0 {
             return Err("connection closed before a résumé arrived".into());
         }
@@ -64,12 +99,13 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         return Err(CliError::Usage("no worker address given".into()));
     }
     let timeout = seconds(&m, "timeout", 5.0)?;
+    let secret = super::secret_file(&m)?;
     let json = m.opt_present("json");
     let several = m.free.len() > 1;
     let mut failed = Vec::new();
     let mut all = serde_json::Map::new();
     for addr in &m.free {
-        match fetch(addr, timeout) {
+        match fetch(addr, timeout, secret.as_ref()) {
             Ok(r) => {
                 if json {
                     all.insert(addr.clone(), serde_json::to_value(&r).unwrap_or_default());
@@ -101,7 +137,7 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(CliError::Failed(format!(
-            "{} worker(s) unreachable",
+            "no résumé from {} worker(s)",
             failed.len()
         )))
     }

@@ -70,6 +70,12 @@ pub fn common_options(o: &mut Options) {
         "request classes named in metrics, the rest as other (default 100)",
         "N",
     );
+    o.optopt(
+        "",
+        "secret-file",
+        "answer workers' challenges with the shared secret in PATH; refuse workers without one",
+        "PATH",
+    );
     standard_options(o);
 }
 
@@ -139,6 +145,7 @@ pub fn common_config(m: &Matches) -> Result<LbConfig, CliError> {
         handle_signals: true,
         metrics_address: m.opt_str("metrics-address"),
         metrics_max_classes: value(m, "metrics-max-classes", 100)?,
+        secret: super::secret_file(m)?,
         ..LbConfig::default()
     })
 }

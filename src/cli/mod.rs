@@ -30,6 +30,17 @@ impl<E: std::error::Error> From<E> for CliError {
     }
 }
 
+/// `--secret-file PATH`, read: a file that cannot be read or is empty is
+/// the operator's to fix (exit 2).
+pub fn secret_file(m: &getopts::Matches) -> Result<Option<crate::proto::auth::Secret>, CliError> {
+    match m.opt_str("secret-file") {
+        None => Ok(None),
+        Some(p) => crate::proto::auth::Secret::from_file(std::path::Path::new(&p))
+            .map(Some)
+            .map_err(CliError::Usage),
+    }
+}
+
 /// What parsing a command line gives.
 pub enum Parsed<T> {
     Run(T),

@@ -9,6 +9,7 @@ use getopts::Options;
 use super::{init_logging, parse, seconds, value, CliError};
 use crate::resume::ResumeSettings;
 use crate::tracelog::TraceLog;
+use crate::util::allow::AllowList;
 use crate::util::signals::{forward, SignalEvent};
 use crate::worker::demo::{DemoApp, DemoConfig};
 use crate::worker::upstream::UpstreamApp;
@@ -121,6 +122,18 @@ pub fn options() -> Options {
     );
     o.optopt(
         "",
+        "allow",
+        "accept LB connections only from these addresses or networks (default: any)",
+        "ADDR[/PREFIX][,...]",
+    );
+    o.optopt(
+        "",
+        "secret-file",
+        "challenge every LB: only those with the shared secret in PATH are served",
+        "PATH",
+    );
+    o.optopt(
+        "",
         "zookeeper",
         "register in ZooKeeper at these servers and read settings there",
         "HOST:PORT[,...]",
@@ -223,6 +236,14 @@ pub fn parse_args(args: &[String]) -> Result<Option<WorkerArgs>, CliError> {
         shutdown_timeout: seconds(&m, "shutdown-timeout", 99.0)?,
         handle_signals: true,
         version: m.opt_str("version"),
+        secret: super::secret_file(&m)?,
+        allow: match m.opt_str("allow") {
+            None => None,
+            Some(a) => Some(
+                a.parse::<AllowList>()
+                    .map_err(|e| CliError::Usage(format!("bad --allow {a:?}: {e}")))?,
+            ),
+        },
         ..WorkerConfig::default()
     };
     let zookeeper = match (m.opt_str("zookeeper"), m.opt_str("path")) {
@@ -307,6 +328,9 @@ fn start_zookeeper(
         .collect();
     let handle = worker.handle();
     let defaults = config.resume;
+    let allow_default = config.allow.clone();
+    // Only a change is applied (and logged); settings updates come often.
+    let allow_now = parking_lot::Mutex::new(config.allow.clone());
     let settings_handle = handle.clone();
     let agent = Arc::new(
         Agent::start(
@@ -324,6 +348,12 @@ fn start_zookeeper(
                         log::warn!("{e}");
                     }
                     settings_handle.update_resume_settings(s);
+                    let allow = allow_property(&props, &allow_default);
+                    let mut now = allow_now.lock();
+                    if allow != *now {
+                        settings_handle.update_allow(allow.clone());
+                        *now = allow;
+                    }
                 }
             },
         )
@@ -346,9 +376,68 @@ fn start_zookeeper(
     Ok(agent)
 }
 
+/// The `allow` property (a string `"ADDR[/PREFIX],…"` or a list of such
+/// strings) over the command line's `--allow`; absent or unusable (logged)
+/// means the command line's.
+fn allow_property(
+    props: &serde_json::Map<String, serde_json::Value>,
+    default: &Option<AllowList>,
+) -> Option<AllowList> {
+    let text = match props.get("allow") {
+        None | Some(serde_json::Value::Null) => return default.clone(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(items)) => {
+            let texts: Option<Vec<&str>> = items.iter().map(|v| v.as_str()).collect();
+            match texts {
+                Some(t) => t.join(","),
+                None => {
+                    log::warn!("property allow: a list must hold strings; using --allow");
+                    return default.clone();
+                }
+            }
+        }
+        Some(other) => {
+            log::warn!("property allow: {other} is not a string or list; using --allow");
+            return default.clone();
+        }
+    };
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            log::warn!("property allow {text:?}: {e}; using --allow");
+            default.clone()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_property_over_the_command_line() {
+        let cli: Option<AllowList> = Some("10.0.0.0/8".parse().unwrap());
+        let props = |j: serde_json::Value| j.as_object().unwrap().clone();
+        let p = |j| allow_property(&props(j), &cli).map(|a| a.to_string());
+        assert_eq!(p(serde_json::json!({})), Some("10.0.0.0/8".into()));
+        assert_eq!(
+            p(serde_json::json!({"allow": "127.0.0.1"})),
+            Some("127.0.0.1/32".into())
+        );
+        assert_eq!(
+            p(serde_json::json!({"allow": ["127.0.0.1", "::1"]})),
+            Some("127.0.0.1/32,::1/128".into())
+        );
+        assert_eq!(
+            p(serde_json::json!({"allow": "nonsense"})),
+            Some("10.0.0.0/8".into())
+        );
+        assert_eq!(
+            p(serde_json::json!({"allow": 3})),
+            Some("10.0.0.0/8".into())
+        );
+        assert_eq!(allow_property(&props(serde_json::json!({})), &None), None);
+    }
 
     #[test]
     fn app_specs() {

@@ -11,7 +11,8 @@ use mio::Interest;
 
 use super::io::{Conn, Loop};
 use crate::pool::WorkerId;
-use crate::proto::{encode_null, Decoded, Hello, Rno, ToLb, DEFAULT_MAX_FRAME};
+use crate::proto::{encode_auth, encode_null, Decoded, Hello, Rno, ToLb, DEFAULT_MAX_FRAME};
+use crate::util::ratelog::held_back;
 use crate::util::wbuf::WriteBuf;
 use crate::worker::resolve;
 
@@ -26,6 +27,18 @@ pub(super) struct Inflight {
     pub started: SystemTime,
     /// The response head arrived (frames must come head, body…, end).
     pub head: bool,
+}
+
+/// Where a connection is in the shared-secret handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handshake {
+    /// This LB has a secret: the worker's first frame must be a challenge.
+    AwaitChallenge,
+    /// Answered: the worker's résumé comes next, or it closes on a wrong
+    /// answer.
+    Answered,
+    /// Done, or no secret on either side.
+    Open,
 }
 
 pub(super) struct WorkerConn {
@@ -46,6 +59,7 @@ pub(super) struct WorkerConn {
     /// Its latest résumé.
     pub resume: crate::proto::Resume,
     pub hello: Option<Hello>,
+    pub handshake: Handshake,
     next_rno: Rno,
     pub inflight: HashMap<Rno, Inflight>,
     /// Requests whose body is still to be sent, in order.
@@ -133,6 +147,11 @@ impl Loop {
                 unlisted: false,
                 resume: crate::proto::Resume::new(),
                 hello: None,
+                handshake: if self.cfg.secret.is_some() {
+                    Handshake::AwaitChallenge
+                } else {
+                    Handshake::Open
+                },
                 next_rno: 0,
                 inflight: HashMap::new(),
                 sending: VecDeque::new(),
@@ -163,7 +182,9 @@ impl Loop {
                     w.connected = true;
                     let _ = w.stream.set_nodelay(true);
                     w.last_read = Instant::now();
-                    log::info!("connected to worker {}", w.addr);
+                    // Logged at info when it joins the pool: a worker that
+                    // keeps failing its handshake would log this every try.
+                    log::debug!("connected to worker {}", w.addr);
                 }
                 Ok(None) if !readable && !writable => return,
                 Ok(Some(e)) | Err(e) => {
@@ -191,6 +212,16 @@ impl Loop {
             let Some(w) = self.worker(slot) else { return };
             match w.stream.read(&mut chunk) {
                 Ok(0) => {
+                    if w.handshake == Handshake::Answered {
+                        let addr = w.addr.clone();
+                        self.handshake_failed(
+                            slot,
+                            &addr,
+                            "closed the connection after our answer to its challenge: \
+                             the shared secrets differ",
+                        );
+                        return;
+                    }
                     self.close_worker(slot, "closed by the worker");
                     return;
                 }
@@ -243,12 +274,15 @@ impl Loop {
     }
 
     fn worker_message(&mut self, slot: usize, msg: ToLb) -> Result<(), String> {
+        if !self.handshake(slot, &msg)? {
+            return Ok(());
+        }
         let Some(w) = self.worker(slot) else {
             return Ok(());
         };
         let wid = w.wid();
         match msg {
-            ToLb::KeepAlive | ToLb::Unknown(_) => {}
+            ToLb::KeepAlive | ToLb::Unknown(_) | ToLb::Challenge(_) => {}
             ToLb::Hello(h) => w.hello = Some(h),
             ToLb::Resume(r) => {
                 w.resume = r.clone();
@@ -307,6 +341,57 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// The shared-secret handshake's part of a worker message: false when
+    /// the message was the handshake's (or ended the connection).
+    fn handshake(&mut self, slot: usize, msg: &ToLb) -> Result<bool, String> {
+        let open = self
+            .worker(slot)
+            .is_some_and(|w| w.handshake == Handshake::Open);
+        if open && !matches!(msg, ToLb::Challenge(_)) {
+            return Ok(true);
+        }
+        let secret = self.cfg.secret.clone();
+        let Some(w) = self.worker(slot) else {
+            return Ok(false);
+        };
+        let refusal = match (msg, w.handshake, &secret) {
+            (ToLb::Challenge(nonce), Handshake::AwaitChallenge, Some(secret)) => {
+                encode_auth(w.out.buf(), &secret.mac(nonce));
+                w.handshake = Handshake::Answered;
+                self.mark_dirty(slot);
+                return Ok(false);
+            }
+            (ToLb::Challenge(_), Handshake::Open, None) => {
+                "asks for a shared secret (it sent a challenge) and this LB has none \
+                 (--secret-file)"
+            }
+            (_, Handshake::AwaitChallenge, _) => {
+                "did not send a challenge: it has no shared secret (--secret-file), \
+                 and this LB talks only to workers that prove they have it"
+            }
+            (ToLb::Challenge(_), _, _) => return Err("a second challenge".into()),
+            (_, Handshake::Answered, _) => {
+                w.handshake = Handshake::Open;
+                let addr = w.addr.clone();
+                self.handshake_log.forget(&addr);
+                return Ok(true);
+            }
+            _ => return Ok(true),
+        };
+        let addr = w.addr.clone();
+        self.handshake_failed(slot, &addr, refusal);
+        Ok(false)
+    }
+
+    /// Refuse a worker that failed the shared-secret handshake: one warning
+    /// a minute for each address (it is retried about once a second).
+    fn handshake_failed(&mut self, slot: usize, addr: &str, why: &str) {
+        if let Some(n) = self.handshake_log.check(addr.to_string(), Instant::now()) {
+            log::warn!("worker {addr} {why}; refusing it{}", held_back(n));
+        }
+        self.close_worker(slot, "shared-secret handshake failed");
     }
 
     /// The client slot of a request in flight, if it is still there.
@@ -392,7 +477,7 @@ impl Loop {
         };
         let _ = self.poll.registry().deregister(&mut w.stream);
         self.by_wid.remove(&w.id);
-        if w.joined || w.connected {
+        if w.joined {
             log::info!("worker {} disconnected: {why}", w.addr);
         } else {
             log::debug!("worker {}: {why}", w.addr);

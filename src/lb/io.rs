@@ -79,6 +79,8 @@ pub(super) struct Loop {
     /// Client connection id → slot (read-backs name the id).
     pub client_by_id: HashMap<u64, usize>,
     last_trim: Instant,
+    /// Failed handshakes, by worker address: one log line a minute each.
+    pub handshake_log: crate::util::ratelog::LogLimiter<String>,
     cmd_rx: Receiver<Command>,
     ticks: Receiver<()>,
     signals: Option<Receiver<SignalEvent>>,
@@ -148,6 +150,9 @@ impl Loop {
             spill_rx,
             client_by_id: HashMap::new(),
             last_trim: Instant::now(),
+            handshake_log: crate::util::ratelog::LogLimiter::new(std::time::Duration::from_secs(
+                60,
+            )),
             cmd_rx,
             ticks,
             signals,

@@ -72,6 +72,9 @@ pub struct LbConfig {
     pub metrics_address: Option<String>,
     /// Request classes named in metrics; the rest are `other`.
     pub metrics_max_classes: usize,
+    /// Answer workers' challenges under this secret, and refuse workers
+    /// that do not challenge.
+    pub secret: Option<crate::proto::auth::Secret>,
 }
 
 impl Default for LbConfig {
@@ -97,6 +100,7 @@ impl Default for LbConfig {
             client_mem_cap: 256 * 1024,
             metrics_address: None,
             metrics_max_classes: 100,
+            secret: None,
         }
     }
 }

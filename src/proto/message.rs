@@ -44,6 +44,8 @@ pub struct ResponseHead {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToWorker {
     KeepAlive,
+    /// The answer to a worker's challenge: HMAC-SHA256 of its nonce.
+    Auth(Vec<u8>),
     Environ(Rno, EnvironPairs),
     /// A non-empty piece of the request body.
     Body(Rno, Vec<u8>),
@@ -54,6 +56,8 @@ pub enum ToWorker {
 /// Messages a worker sends to the LB.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToLb {
+    /// A worker with a shared secret: prove you have it (its first frame).
+    Challenge(Vec<u8>),
     Resume(Resume),
     KeepAlive,
     Hello(Hello),
@@ -149,6 +153,30 @@ pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello) -> Result<(), ProtoError> 
     })
 }
 
+/// Append `[word, {field: bytes}]` on rno 0 (challenge and auth).
+fn encode_word_bytes(out: &mut Vec<u8>, word: &str, field: &str, bytes: &[u8]) {
+    // Text and a short byte string always encode.
+    let _ = encode_with(out, 0, |o| -> CborResult {
+        let mut ser = cbor(o);
+        let mut seq = ser.serialize_seq(Some(2))?;
+        seq.serialize_element(word)?;
+        let mut fields = BTreeMap::new();
+        fields.insert(field, Value::Bytes(bytes.to_vec()));
+        seq.serialize_element(&fields)?;
+        SerializeSeq::end(seq)
+    });
+}
+
+/// Append a challenge (rno 0): `["challenge", {"nonce": BYTES}]`.
+pub fn encode_challenge(out: &mut Vec<u8>, nonce: &[u8]) {
+    encode_word_bytes(out, "challenge", "nonce", nonce);
+}
+
+/// Append the answer to a challenge (rno 0): `["auth", {"mac": BYTES}]`.
+pub fn encode_auth(out: &mut Vec<u8>, mac: &[u8]) {
+    encode_word_bytes(out, "auth", "mac", mac);
+}
+
 /// Append the `"drain"` word (rno 0).
 pub fn encode_drain(out: &mut Vec<u8>) {
     let _ = encode_with(out, 0, |o| cbor(o).serialize_str("drain"));
@@ -159,6 +187,7 @@ impl ToWorker {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         match self {
             ToWorker::KeepAlive => encode_null(out, 0),
+            ToWorker::Auth(mac) => encode_auth(out, mac),
             ToWorker::Environ(rno, env) => {
                 encode_environ(out, *rno, env.iter().map(|(k, v)| (k.as_str(), v.as_str())))?
             }
@@ -178,6 +207,13 @@ impl ToWorker {
         let value = parse_item(frame.payload)?;
         match (rno, value) {
             (0, Value::Null) => Ok(ToWorker::KeepAlive),
+            (0, Value::Array(items)) => match word_bytes(items, "mac")? {
+                (word, Some(mac)) if word == "auth" => Ok(ToWorker::Auth(mac)),
+                (word, _) => Err(ProtoError::Shape {
+                    rno: 0,
+                    what: format!("array with the word {word:?}"),
+                }),
+            },
             (0, other) => Err(shape(0, &other)),
             (rno, Value::Null) => Ok(ToWorker::Cancel(rno)),
             (rno, Value::Bytes(b)) if b.is_empty() => Ok(ToWorker::EndOfBody(rno)),
@@ -196,6 +232,7 @@ impl ToLb {
     /// Append this message as one frame (bodies as several, cut at 64 KiB).
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         match self {
+            ToLb::Challenge(nonce) => encode_challenge(out, nonce),
             ToLb::Resume(r) => encode_resume(out, r)?,
             ToLb::KeepAlive => encode_null(out, 0),
             ToLb::Hello(h) => encode_hello(out, h)?,
@@ -381,7 +418,36 @@ fn parse_resume(m: BTreeMap<Value, Value>) -> Result<Resume, ProtoError> {
     Ok(resume)
 }
 
+/// `[word, {field: bytes}]`: the word, and the field's bytes when the
+/// array has that shape (`None` when it has another).
+fn word_bytes(items: Vec<Value>, field: &str) -> Result<(String, Option<Vec<u8>>), ProtoError> {
+    let mut items = items.into_iter();
+    let Some(Value::Text(word)) = items.next() else {
+        return Err(ProtoError::Shape {
+            rno: 0,
+            what: "array without a leading word".into(),
+        });
+    };
+    let bytes = match (items.next(), items.next()) {
+        (Some(Value::Map(m)), None) => m.into_iter().find_map(|(k, v)| match (k, v) {
+            (Value::Text(k), Value::Bytes(b)) if k == field => Some(b),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Ok((word, bytes))
+}
+
 fn parse_word_array(items: Vec<Value>) -> Result<ToLb, ProtoError> {
+    if matches!(items.first(), Some(Value::Text(w)) if w == "challenge") {
+        return match word_bytes(items, "nonce")? {
+            (_, Some(nonce)) if !nonce.is_empty() => Ok(ToLb::Challenge(nonce)),
+            _ => Err(ProtoError::Shape {
+                rno: 0,
+                what: "challenge without a nonce".into(),
+            }),
+        };
+    }
     let mut items = items.into_iter();
     let word = match items.next() {
         Some(Value::Text(w)) => w,

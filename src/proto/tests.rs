@@ -72,6 +72,7 @@ fn sample_to_worker() -> Vec<ToWorker> {
         ToWorker::Body(1, vec![0, 1, 2, 255]),
         ToWorker::EndOfBody(1),
         ToWorker::Cancel(u32::MAX),
+        ToWorker::Auth(vec![7; 32]),
     ]
 }
 
@@ -80,6 +81,7 @@ fn sample_to_lb() -> Vec<ToLb> {
         .into_iter()
         .collect();
     vec![
+        ToLb::Challenge(vec![1, 2, 3]),
         ToLb::Resume(r),
         ToLb::Resume(Resume::new()),
         ToLb::KeepAlive,
@@ -342,4 +344,34 @@ fn environ_keeps_repeated_keys_in_wire_order() {
         ToWorker::decode(&bytes, 100),
         Err(ProtoError::TrailingBytes { extra: 1 })
     );
+}
+
+#[test]
+fn vector_challenge_and_auth() {
+    // 82 array(2), 69 "challenge", a1 map(1), 65 "nonce", 43 bytes(3).
+    assert_eq!(
+        enc_l(&ToLb::Challenge(vec![1, 2, 3])),
+        hex("00000000 00000016 82 696368616c6c656e6765 a1 656e6f6e6365 43 010203")
+    );
+    // 82, 64 "auth", a1, 63 "mac", 42 bytes(2).
+    assert_eq!(
+        enc_w(&ToWorker::Auth(vec![0xab, 0xcd])),
+        hex("00000000 0000000e 82 6461757468 a1 636d6163 42 abcd")
+    );
+    // A challenge without a nonce, an auth without a mac, another word
+    // from an LB: shape errors.
+    let bytes = hex("00000000 0000000c 82 696368616c6c656e6765 a0");
+    assert!(matches!(
+        ToLb::decode(&bytes, 100),
+        Err(ProtoError::Shape { .. })
+    ));
+    for bytes in [
+        hex("00000000 00000007 82 6461757468 a0"),
+        hex("00000000 0000000a 82 6464726f70 a1 6161 40"),
+    ] {
+        assert!(
+            matches!(ToWorker::decode(&bytes, 100), Err(ProtoError::Shape { .. })),
+            "{bytes:02x?}"
+        );
+    }
 }

@@ -1,10 +1,12 @@
 //! Small shared helpers: stderr logger, time formatting, spill buffers,
 //! signal delivery to event loops.
 
+pub mod allow;
 pub mod linelog;
 pub mod logger;
 pub mod net;
 pub mod procinfo;
+pub mod ratelog;
 pub mod rng;
 pub mod signals;
 pub mod slab;

@@ -18,11 +18,14 @@ use super::app::Request;
 use super::shared::{Ctl, Flow, Job, Out};
 use super::validate;
 use super::Command;
+use crate::proto::auth::{nonce, Secret, NONCE_LEN};
 use crate::proto::{
-    encode_drain, encode_end, encode_head, encode_null, encode_resume, Decoded, Environ,
-    ResponseHead, Resume, Rno, ToWorker,
+    encode_challenge, encode_drain, encode_end, encode_head, encode_null, encode_resume, Decoded,
+    Environ, ResponseHead, Resume, Rno, ToWorker,
 };
 use crate::tracelog::TraceLog;
+use crate::util::allow::AllowList;
+use crate::util::ratelog::{held_back, LogLimiter};
 use crate::util::signals::SignalEvent;
 use crate::util::slab::Slab;
 use crate::util::spill::SpillBuffer;
@@ -38,7 +41,19 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How long a draining worker waits for stray requests after the last
 /// frame from its LBs.
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// How long an LB has to answer the challenge.
+pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest frame taken from a peer that has not answered the
+/// challenge yet (an answer is about 50 bytes).
+const AUTH_MAX_FRAME: usize = 1024;
+/// A peer's refusals and failed handshakes: one log line per this.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A challenge sent on a connection and not answered yet.
+struct Challenge {
+    nonce: [u8; NONCE_LEN],
+    deadline: Instant,
+}
 enum Req {
     Receiving {
         req_id: u64,
@@ -67,6 +82,9 @@ struct LbConn {
     flow: Arc<Flow>,
     requests: HashMap<Rno, Req>,
     last_write: Instant,
+    /// Set until the LB answers the challenge (with a shared secret only):
+    /// nothing but the answer is taken, and nothing but the challenge sent.
+    challenge: Option<Challenge>,
 }
 
 impl LbConn {
@@ -87,6 +105,10 @@ pub(crate) struct IoConfig {
     pub shutdown_timeout: Duration,
     /// Requests queued for the app threads before reading pauses.
     pub max_queued: usize,
+    /// LBs must prove they have it before anything else.
+    pub secret: Option<Secret>,
+    /// Peers that may connect (`None`: any).
+    pub allow: Option<AllowList>,
 }
 
 /// Everything but the connections, so that handlers can borrow both.
@@ -104,6 +126,18 @@ struct Ctx {
     busy: usize,
     paused: bool,
     last_frame: Instant,
+    /// Refused peers and failed handshakes, by peer address and reason.
+    refusals: LogLimiter<(std::net::IpAddr, String)>,
+}
+
+impl Ctx {
+    /// Log a refusal that a peer can cause at will, rate-limited per peer.
+    fn refused(&mut self, peer: SocketAddr, why: &str) {
+        let key = (peer.ip(), why.to_string());
+        if let Some(n) = self.refusals.check(key, Instant::now()) {
+            log::warn!("LB {peer}: {why}{}", held_back(n));
+        }
+    }
 }
 
 pub(crate) struct IoLoop {
@@ -167,6 +201,7 @@ impl IoLoop {
                 busy: 0,
                 paused: false,
                 last_frame: Instant::now(),
+                refusals: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             },
         })
     }
@@ -216,6 +251,13 @@ impl IoLoop {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    if let Some(allow) = &self.ctx.cfg.allow {
+                        if !allow.permits(peer.ip()) {
+                            drop(stream);
+                            self.ctx.refused(peer, "connection refused: not in --allow");
+                            continue;
+                        }
+                    }
                     let _ = stream.set_nodelay(true);
                     let trace_no = (1..)
                         .find(|n| !self.ctx.trace_nos.contains(n))
@@ -223,8 +265,26 @@ impl IoLoop {
                     self.ctx.next_conn_id += 1;
                     let id = self.ctx.next_conn_id;
                     let mut out = WriteBuf::new();
-                    out.buf().extend_from_slice(&self.ctx.resume_frame);
-                    out.buf().extend_from_slice(&self.ctx.hello_frame);
+                    let challenge = match &self.ctx.cfg.secret {
+                        None => {
+                            out.buf().extend_from_slice(&self.ctx.resume_frame);
+                            out.buf().extend_from_slice(&self.ctx.hello_frame);
+                            None
+                        }
+                        Some(_) => match nonce() {
+                            Ok(nonce) => {
+                                encode_challenge(out.buf(), &nonce);
+                                Some(Challenge {
+                                    nonce,
+                                    deadline: Instant::now() + AUTH_TIMEOUT,
+                                })
+                            }
+                            Err(e) => {
+                                log::error!("no random nonce for LB {peer}: {e}; closing");
+                                continue;
+                            }
+                        },
+                    };
                     let slot = self.conns.insert(LbConn {
                         stream,
                         peer,
@@ -236,6 +296,7 @@ impl IoLoop {
                         flow: Arc::new(Flow::default()),
                         requests: HashMap::new(),
                         last_write: Instant::now(),
+                        challenge,
                     });
                     let conn = self.conns.get_mut(slot).expect("just inserted");
                     if let Err(e) = self.poll.registry().register(
@@ -249,7 +310,13 @@ impl IoLoop {
                     }
                     self.ctx.trace_nos.insert(trace_no);
                     self.by_id.insert(id, slot);
-                    log::info!("LB connected from {peer} (connection {trace_no})");
+                    if self.ctx.cfg.secret.is_some() {
+                        // Logged at info once it answers (a peer without the
+                        // secret may retry every second).
+                        log::debug!("LB connected from {peer}: challenge sent");
+                    } else {
+                        log::info!("LB connected from {peer} (connection {trace_no})");
+                    }
                     self.mark_dirty(slot);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -317,11 +384,16 @@ impl IoLoop {
         }
         self.by_id.remove(&conn.id);
         self.ctx.trace_nos.remove(&conn.trace_no);
-        log::info!(
-            "LB connection {} from {} closed: {why}",
-            conn.trace_no,
-            conn.peer
-        );
+        if conn.challenge.is_some() {
+            // Never got past the challenge: its warning, if any, is out.
+            log::debug!("LB {} closed before the handshake ended: {why}", conn.peer);
+        } else {
+            log::info!(
+                "LB connection {} from {} closed: {why}",
+                conn.trace_no,
+                conn.peer
+            );
+        }
     }
 
     fn close_all(&mut self) {
@@ -350,6 +422,7 @@ impl IoLoop {
                 Command::Stop => stop += 1,
                 Command::StopNow => stop += 2,
                 Command::Reopen => self.ctx.trace.reopen(),
+                Command::Allow(allow) => self.set_allow(allow),
             }
         }
         if let Some(signals) = &self.signals {
@@ -371,6 +444,27 @@ impl IoLoop {
         false
     }
 
+    /// A new list of peers that may connect; connections from peers no
+    /// longer on it are closed.
+    fn set_allow(&mut self, allow: Option<AllowList>) {
+        match &allow {
+            Some(a) => log::info!("connections allowed from {a}"),
+            None => log::info!("connections allowed from any address"),
+        }
+        if let Some(a) = &allow {
+            for slot in self.conns.keys() {
+                let Some(peer) = self.conns.get(slot).map(|c| c.peer) else {
+                    continue;
+                };
+                if !a.permits(peer.ip()) {
+                    log::warn!("LB {peer} is not in the new allowed list; closing");
+                    self.close(slot, "not in the allowed list any more");
+                }
+            }
+        }
+        self.ctx.cfg.allow = allow;
+    }
+
     fn start_drain(&mut self) {
         log::info!(
             "shutting down: draining {} LB connection(s), {} request(s) in flight",
@@ -383,8 +477,9 @@ impl IoLoop {
         self.draining = Some(Instant::now() + self.ctx.cfg.shutdown_timeout);
         self.ctx.last_frame = Instant::now();
         for slot in self.conns.keys() {
-            if let Some(conn) = self.conns.get_mut(slot) {
-                encode_drain(conn.out.buf());
+            match self.conns.get_mut(slot) {
+                Some(conn) if conn.challenge.is_none() => encode_drain(conn.out.buf()),
+                _ => continue,
             }
             self.mark_dirty(slot);
         }
@@ -450,8 +545,9 @@ impl IoLoop {
             return;
         }
         for slot in self.conns.keys() {
-            if let Some(conn) = self.conns.get_mut(slot) {
-                conn.out.buf().extend_from_slice(&frame);
+            match self.conns.get_mut(slot) {
+                Some(conn) if conn.challenge.is_none() => conn.out.buf().extend_from_slice(&frame),
+                _ => continue,
             }
             self.mark_dirty(slot);
         }
@@ -460,10 +556,24 @@ impl IoLoop {
 
     fn tick(&mut self) {
         let keepalive = self.ctx.cfg.keepalive;
+        let now = Instant::now();
         for slot in self.conns.keys() {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
+            if let Some(c) = &conn.challenge {
+                if now >= c.deadline {
+                    let peer = conn.peer;
+                    let why = format!(
+                        "no answer to the challenge within {} s (has it the shared secret, \
+                         --secret-file?); closing",
+                        AUTH_TIMEOUT.as_secs()
+                    );
+                    self.ctx.refused(peer, &why);
+                    self.close(slot, "no answer to the challenge");
+                }
+                continue;
+            }
             if conn.unsent() == 0 && conn.last_write.elapsed() >= keepalive {
                 encode_null(conn.out.buf(), 0);
                 self.mark_dirty(slot);
@@ -520,15 +630,33 @@ fn write_out(conn: &mut LbConn) -> io::Result<()> {
     }
 }
 
+/// Why a connection is closed while reading from it.
+enum Closing {
+    /// A protocol error (logged here).
+    Protocol(String),
+    /// A failed handshake (logged, rate-limited, where it was found).
+    Handshake(String),
+}
+
 /// Decode and handle every whole frame in the read buffer.
 fn process_frames(conn: &mut LbConn, ctx: &mut Ctx) -> Result<(), String> {
     let mut pos = 0;
     let result = loop {
-        match ToWorker::decode(&conn.rbuf[pos..], ctx.cfg.max_frame) {
+        let limit = if conn.challenge.is_some() {
+            AUTH_MAX_FRAME
+        } else {
+            ctx.cfg.max_frame
+        };
+        match ToWorker::decode(&conn.rbuf[pos..], limit) {
             Ok(Decoded::Complete(msg, used)) => {
                 pos += used;
                 ctx.last_frame = Instant::now();
-                if let Err(e) = handle(conn, ctx, msg) {
+                let handled = if conn.challenge.is_some() {
+                    authenticate(conn, ctx, msg)
+                } else {
+                    handle(conn, ctx, msg).map_err(Closing::Protocol)
+                };
+                if let Err(e) = handled {
                     break Err(e);
                 }
                 if ctx.paused {
@@ -536,14 +664,51 @@ fn process_frames(conn: &mut LbConn, ctx: &mut Ctx) -> Result<(), String> {
                 }
             }
             Ok(Decoded::Partial) => break Ok(()),
-            Err(e) => break Err(e.to_string()),
+            Err(e) if conn.challenge.is_some() => {
+                ctx.refused(
+                    conn.peer,
+                    &format!("{e} before answering the challenge; closing"),
+                );
+                break Err(Closing::Handshake(e.to_string()));
+            }
+            Err(e) => break Err(Closing::Protocol(e.to_string())),
         }
     };
     conn.rbuf.drain(..pos);
-    result.map_err(|why| {
-        log::error!("protocol error from LB {}: {why}", conn.peer);
-        format!("protocol error: {why}")
+    result.map_err(|closing| match closing {
+        Closing::Protocol(why) => {
+            log::error!("protocol error from LB {}: {why}", conn.peer);
+            format!("protocol error: {why}")
+        }
+        Closing::Handshake(why) => format!("handshake failed: {why}"),
     })
+}
+
+/// The only frame taken before the challenge is answered: the answer.
+/// Right, and the connection starts as any other (résumé, hello).
+fn authenticate(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), Closing> {
+    let (Some(challenge), Some(secret)) = (&conn.challenge, &ctx.cfg.secret) else {
+        return Ok(());
+    };
+    let why = match msg {
+        ToWorker::Auth(mac) if secret.verify(&challenge.nonce, &mac) => {
+            conn.challenge = None;
+            conn.out.buf().extend_from_slice(&ctx.resume_frame);
+            conn.out.buf().extend_from_slice(&ctx.hello_frame);
+            let ip = conn.peer.ip();
+            ctx.refusals.forget_if(|(k, _)| *k == ip);
+            log::info!(
+                "LB connected from {} (connection {}), shared secret proven",
+                conn.peer,
+                conn.trace_no
+            );
+            return Ok(());
+        }
+        ToWorker::Auth(_) => "wrong answer to the challenge: the shared secrets differ",
+        _ => "sent a request frame instead of answering the challenge (has it no --secret-file?)",
+    };
+    ctx.refused(conn.peer, &format!("{why}; closing"));
+    Err(Closing::Handshake(why.into()))
 }
 
 fn request_id(conn: &LbConn, rno: Rno) -> String {
@@ -553,6 +718,7 @@ fn request_id(conn: &LbConn, rno: Rno) -> String {
 fn handle(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String> {
     match msg {
         ToWorker::KeepAlive => {}
+        ToWorker::Auth(_) => return Err("an answer to a challenge that was not sent".into()),
         ToWorker::Environ(rno, pairs) => {
             if conn.requests.contains_key(&rno) {
                 return Err(format!("request number {rno} reused while in flight"));

@@ -26,9 +26,11 @@ use mio::{Poll, Token};
 
 pub use app::{App, AppError, Body, Request, Response};
 
+use crate::proto::auth::Secret;
 use crate::proto::{encode_hello, Hello, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::resume::{load_file_or_empty, ResumeSettings, Tracker};
 use crate::tracelog::TraceLog;
+use crate::util::allow::AllowList;
 use shared::{Shared, TimerMsg};
 
 /// How a worker runs.
@@ -51,6 +53,10 @@ pub struct WorkerConfig {
     pub handle_signals: bool,
     /// Sent to LBs in the hello (and registered in ZooKeeper).
     pub version: Option<String>,
+    /// LBs must answer a challenge under this secret before anything else.
+    pub secret: Option<Secret>,
+    /// Peers that may connect (`None`: any).
+    pub allow: Option<AllowList>,
 }
 
 impl Default for WorkerConfig {
@@ -66,12 +72,14 @@ impl Default for WorkerConfig {
             shutdown_timeout: Duration::from_secs(99),
             handle_signals: false,
             version: None,
+            secret: None,
+            allow: None,
         }
     }
 }
 
 /// Orders for a running worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Graceful stop: drain, finish requests in flight, return.
     Stop,
@@ -79,6 +87,9 @@ pub enum Command {
     StopNow,
     /// Reopen the trace log.
     Reopen,
+    /// Peers that may connect from now on (`None`: any); connections from
+    /// others are closed.
+    Allow(Option<AllowList>),
 }
 
 /// Controls a running worker from another thread.
@@ -102,6 +113,12 @@ impl WorkerHandle {
 
     pub fn stop_now(&self) {
         let _ = self.cmd.send(Command::StopNow);
+        let _ = self.waker.wake();
+    }
+
+    /// Change which peers may connect.
+    pub fn update_allow(&self, allow: Option<AllowList>) {
+        let _ = self.cmd.send(Command::Allow(allow));
         let _ = self.waker.wake();
     }
 
@@ -219,6 +236,8 @@ impl Worker {
                 keepalive: config.keepalive,
                 shutdown_timeout: config.shutdown_timeout,
                 max_queued: threads * 64 + 1024,
+                secret: config.secret.clone(),
+                allow: config.allow.clone(),
             },
             jobs_tx,
             out_rx,
@@ -230,6 +249,12 @@ impl Worker {
             hello,
             wake_pending,
         )?;
+        if let Some(allow) = &config.allow {
+            log::info!("connections allowed from {allow}");
+        }
+        if config.secret.is_some() {
+            log::info!("LBs must answer a challenge under the shared secret");
+        }
         log::info!("worker listening on {addr} with {threads} app thread(s)");
         let result = io.run();
         trace.record('X', 0, "");
