@@ -68,7 +68,8 @@ demo:
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/demo
 
-## Fuzz each target for FUZZ_SECONDS (default 60) on the nightly toolchain.
+## Fuzz every target to FUZZ_RUNS executions (default 10 million) or
+## FUZZ_SECONDS each, on the nightly toolchain; fails on any crash.
 fuzz:
 	scripts/fuzz
 

@@ -39,6 +39,12 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Not allowed in a field value or reason phrase (RFC 9110 §5.5: VCHAR,
+/// SP, HTAB, obs-text): controls but tab, and what ISO-8859-1 cannot carry.
+fn is_bad_in_field(c: char) -> bool {
+    (c.is_ascii_control() && c != '\t') || u32::from(c) > 0xff
+}
+
 /// Turn a worker's response head into the client's. An invalid head from
 /// the worker (bad status, header injection) is an error: the LB answers
 /// 502 instead.
@@ -55,10 +61,7 @@ pub fn plan(ask: Ask, head: &ResponseHead) -> Result<Planned, &'static str> {
         // Interim responses are not relayed; the worker must send a final one.
         return Err("interim or invalid status from worker");
     }
-    if status_text
-        .bytes()
-        .any(|b| b == b'\r' || b == b'\n' || b == 0)
-    {
+    if status_text.chars().any(is_bad_in_field) {
         return Err("control character in worker status");
     }
     let mut length: Option<u64> = None;
@@ -74,7 +77,7 @@ pub fn plan(ask: Ask, head: &ResponseHead) -> Result<Planned, &'static str> {
         if !is_token(name) {
             return Err("bad header name from worker");
         }
-        if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+        if value.chars().any(is_bad_in_field) {
             return Err("control character in a worker header");
         }
         let lower = name.to_ascii_lowercase();
@@ -166,6 +169,76 @@ pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
 /// The last chunk, with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// How to pass on one piece of a worker's response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyPiece {
+    /// As it is (sized or close-delimited).
+    Raw,
+    /// As one chunk ([`chunk`]).
+    Chunk,
+    /// Not at all: the response has no body (HEAD, 204, 304).
+    Drop,
+}
+
+/// The body went wrong for its framing: the client must be cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// More bytes than the Content-Length announced.
+    TooLong,
+    /// The end came before the Content-Length was reached.
+    TooShort,
+}
+
+/// Follows a response body towards the client: how each piece is framed,
+/// what the end adds, and whether the framing was kept. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyFramer {
+    framing: Framing,
+    /// Sized: bytes still to come.
+    left: u64,
+}
+
+impl BodyFramer {
+    pub fn new(framing: Framing) -> BodyFramer {
+        let left = match framing {
+            Framing::Sized(n) => n,
+            _ => 0,
+        };
+        BodyFramer { framing, left }
+    }
+
+    /// `len` more body bytes from the worker.
+    pub fn piece(&mut self, len: usize) -> Result<BodyPiece, BodyError> {
+        match self.framing {
+            Framing::None => Ok(BodyPiece::Drop),
+            Framing::Sized(_) => {
+                self.left = self
+                    .left
+                    .checked_sub(len as u64)
+                    .ok_or(BodyError::TooLong)?;
+                Ok(BodyPiece::Raw)
+            }
+            Framing::Chunked => Ok(BodyPiece::Chunk),
+            Framing::UntilClose => Ok(BodyPiece::Raw),
+        }
+    }
+
+    /// The worker ended the body: the bytes that close it for the client.
+    pub fn end(&self) -> Result<&'static [u8], BodyError> {
+        match self.framing {
+            Framing::Chunked => Ok(LAST_CHUNK),
+            Framing::Sized(_) if self.left > 0 => Err(BodyError::TooShort),
+            _ => Ok(b""),
+        }
+    }
+
+    /// The client has every byte it was promised (nothing left to send
+    /// but, for chunked, the last chunk).
+    pub fn is_whole(&self) -> bool {
+        matches!(self.framing, Framing::None | Framing::Sized(_)) && self.left == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +297,11 @@ mod tests {
             head("100 Continue", &[]),
             head("200 OK\r\nX: y", &[]),
             head("200 OK", &[("X-A", "a\r\nSet-Cookie: evil")]),
+            // Found by the lb_response fuzz target: clients refuse these.
+            head("201 OK", &[("X-A", "\u{19}")]),
+            head("200 OK", &[("X-A", "a\u{7f}")]),
+            head("200 OK", &[("X-A", "\u{100}")]),
+            head("200 O\u{b}K", &[]),
             head("200 OK", &[("Bad Name", "a")]),
             head(
                 "200 OK",
@@ -233,6 +311,28 @@ mod tests {
         ] {
             assert!(plan(ASK11, &h).is_err(), "{h:?}");
         }
+    }
+
+    #[test]
+    fn body_framer_follows_each_framing() {
+        let mut f = BodyFramer::new(Framing::Sized(5));
+        assert!(!f.is_whole());
+        assert_eq!(f.piece(3), Ok(BodyPiece::Raw));
+        assert_eq!(f.end(), Err(BodyError::TooShort));
+        assert_eq!(f.piece(2), Ok(BodyPiece::Raw));
+        assert!(f.is_whole());
+        assert_eq!(f.end(), Ok(&b""[..]));
+        assert_eq!(f.piece(1), Err(BodyError::TooLong));
+        let mut f = BodyFramer::new(Framing::Chunked);
+        assert_eq!(f.piece(9), Ok(BodyPiece::Chunk));
+        assert!(!f.is_whole());
+        assert_eq!(f.end(), Ok(LAST_CHUNK));
+        let mut f = BodyFramer::new(Framing::None);
+        assert_eq!(f.piece(9), Ok(BodyPiece::Drop));
+        assert!(f.is_whole());
+        let mut f = BodyFramer::new(Framing::UntilClose);
+        assert_eq!(f.piece(usize::MAX), Ok(BodyPiece::Raw));
+        assert_eq!(f.end(), Ok(&b""[..]));
     }
 
     #[test]

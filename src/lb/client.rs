@@ -16,7 +16,8 @@ use super::outbuf::OutBuf;
 use super::reqbody::{Piece, ReqBody};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{parse_head, BodyFraming, Limits, RequestHead};
-use crate::http::response::{chunk, plan, simple, Ask, Framing, LAST_CHUNK};
+use crate::http::response::BodyPiece;
+use crate::http::response::{chunk, plan, simple, Ask, BodyFramer, Framing};
 use crate::http::{reason, HttpError};
 use crate::proto::{
     encode_body, encode_end, encode_environ, Environ, ResponseHead, Rno, MAX_CHUNK,
@@ -69,8 +70,7 @@ pub(super) struct Exchange {
     attempts: u32,
     status: u16,
     sent_body: u64,
-    framing: Framing,
-    sized_left: u64,
+    resp_body: BodyFramer,
     last_progress: Instant,
 }
 
@@ -280,8 +280,7 @@ impl Loop {
                         attempts: 0,
                         status: 0,
                         sent_body: 0,
-                        framing: Framing::None,
-                        sized_left: 0,
+                        resp_body: BodyFramer::new(Framing::None),
                         last_progress: now,
                     });
                     self.mark_dirty(slot);
@@ -510,11 +509,7 @@ impl Loop {
         match plan(ex.ask, &head) {
             Ok(p) => {
                 ex.status = p.status;
-                ex.framing = p.framing;
-                ex.sized_left = match p.framing {
-                    Framing::Sized(n) => n,
-                    _ => 0,
-                };
+                ex.resp_body = BodyFramer::new(p.framing);
                 ex.ask.keep_alive = p.keep_alive;
                 ex.phase = Phase::Forwarded {
                     wslot,
@@ -554,30 +549,25 @@ impl Loop {
             return;
         };
         ex.last_progress = Instant::now();
-        let pushed = match ex.framing {
-            Framing::None => Ok(()),
-            Framing::Sized(_) => {
-                if data.len() as u64 > ex.sized_left {
-                    // More than announced: the worker is wrong; cut the
-                    // client off rather than send a corrupt stream.
-                    log::warn!("worker sent more than its Content-Length");
-                    self.cancel_on_worker(wslot, rno);
-                    self.cut(cslot);
-                    return;
-                }
-                ex.sized_left -= data.len() as u64;
+        let pushed = match ex.resp_body.piece(data.len()) {
+            Err(_) => {
+                // More than announced: the worker is wrong; cut the client
+                // off rather than send a corrupt stream.
+                log::warn!("worker sent more than its Content-Length");
+                self.cancel_on_worker(wslot, rno);
+                self.cut(cslot);
+                return;
+            }
+            Ok(BodyPiece::Drop) => Ok(()),
+            Ok(BodyPiece::Raw) => {
                 ex.sent_body += data.len() as u64;
                 c.out.push(data)
             }
-            Framing::Chunked => {
+            Ok(BodyPiece::Chunk) => {
                 ex.sent_body += data.len() as u64;
                 let mut framed = Vec::with_capacity(data.len() + 16);
                 chunk(&mut framed, data);
                 c.out.push(&framed)
-            }
-            Framing::UntilClose => {
-                ex.sent_body += data.len() as u64;
-                c.out.push(data)
             }
         };
         if let Err(e) = pushed {
@@ -600,16 +590,17 @@ impl Loop {
             self.response_abort(cslot, "the worker ended a response it never began");
             return;
         }
-        match ex.framing {
-            Framing::Chunked => {
-                let _ = c.out.push(LAST_CHUNK);
+        match ex.resp_body.end() {
+            Ok(closing) => {
+                if !closing.is_empty() {
+                    let _ = c.out.push(closing);
+                }
             }
-            Framing::Sized(_) if ex.sized_left > 0 => {
+            Err(_) => {
                 log::warn!("worker sent less than its Content-Length");
                 self.cut(cslot);
                 return;
             }
-            _ => {}
         }
         self.finish_exchange(cslot);
     }
@@ -750,8 +741,7 @@ impl Loop {
         if let Some(ex) = &ex {
             // A response the client has whole (its length reached) needs no
             // cancel: the worker's end frame will put it back as usual.
-            let whole =
-                matches!(ex.framing, Framing::None | Framing::Sized(_)) && ex.sized_left == 0;
+            let whole = ex.resp_body.is_whole();
             match ex.phase {
                 Phase::Forwarded {
                     head_sent: true, ..

@@ -28,9 +28,41 @@ pub struct UpstreamApp {
     idle: Arc<Mutex<Vec<Conn>>>,
 }
 
+/// Where a connection's bytes come from: the upstream, or (for the fuzz
+/// target and tests) bytes given in advance.
+enum Stream {
+    Tcp(TcpStream),
+    Bytes(io::Cursor<Vec<u8>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Bytes(c) => c.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Bytes(_) => Err(io::Error::other("a byte source takes no writes")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Bytes(_) => Ok(()),
+        }
+    }
+}
+
 /// A connection with its own read buffer.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -41,11 +73,15 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Conn {
+        Ok(Conn::over(Stream::Tcp(stream)))
+    }
+
+    fn over(stream: Stream) -> Conn {
+        Conn {
             stream,
             buf: Vec::with_capacity(CHUNK),
             pos: 0,
-        })
+        }
     }
 
     fn available(&self) -> &[u8] {
@@ -90,14 +126,16 @@ impl Conn {
         Ok(out)
     }
 
-    /// One CRLF-terminated line (without it), at most `limit` bytes.
+    /// One CRLF-terminated line (without it), at most `limit` bytes. A
+    /// bare LF is an error: a reader that took it where the upstream did
+    /// not could be made to see another body than the upstream sent.
     fn line(&mut self, limit: usize) -> io::Result<Vec<u8>> {
         loop {
             if let Some(i) = self.available().iter().position(|&b| b == b'\n') {
                 let mut l = self.available()[..i].to_vec();
                 self.consume(i + 1);
-                if l.last() == Some(&b'\r') {
-                    l.pop();
+                if l.pop() != Some(b'\r') {
+                    return Err(invalid("a line in a chunked body ends in a bare LF"));
                 }
                 return Ok(l);
             }
@@ -282,6 +320,10 @@ fn read_head(conn: &mut Conn, head_request: bool) -> io::Result<Head> {
             }
         };
         let code = resp.code.unwrap_or(0);
+        if !(100..600).contains(&code) {
+            // "020" parses as 20: not a status the LB could pass on.
+            return Err(invalid(&format!("bad status {code:03} from upstream")));
+        }
         let minor = resp.version.unwrap_or(1);
         let reason = resp.reason.unwrap_or("").to_string();
         let mut out = Vec::new();
@@ -520,7 +562,10 @@ impl BodyStream {
                     let line = conn.line(4096)?;
                     let text = String::from_utf8_lossy(&line);
                     let size_text = text.split(';').next().unwrap_or("").trim();
-                    if size_text.is_empty() || size_text.len() > 15 {
+                    if size_text.is_empty()
+                        || size_text.len() > 15
+                        || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
+                    {
                         return Err(invalid("bad chunk size from upstream"));
                     }
                     let size = u64::from_str_radix(size_text, 16)
@@ -565,6 +610,37 @@ impl Iterator for BodyStream {
     }
 }
 
+/// A response as the upstream app read it (see [`read_response`]).
+#[doc(hidden)]
+pub struct ReadResponse {
+    pub status: String,
+    /// The headers it passes on.
+    pub headers: Vec<(String, String)>,
+    /// The body pieces, the last one an error if the body failed.
+    pub pieces: Vec<io::Result<Vec<u8>>>,
+}
+
+/// A response as the upstream app reads it from `bytes`. For the fuzz
+/// target and tests; the app itself reads from its connections.
+#[doc(hidden)]
+pub fn read_response(bytes: Vec<u8>, head_request: bool) -> io::Result<ReadResponse> {
+    let mut conn = Conn::over(Stream::Bytes(io::Cursor::new(bytes)));
+    let h = read_head(&mut conn, head_request)?;
+    let body = BodyStream {
+        conn: Some(conn),
+        framing: h.framing,
+        keep_alive: h.keep_alive,
+        chunk_left: 0,
+        idle: Arc::default(),
+    };
+    // Stops at the first error (the stream ends after it).
+    Ok(ReadResponse {
+        status: h.status,
+        headers: h.headers,
+        pieces: body.collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +681,55 @@ mod tests {
         assert!(!text.contains("Connection"));
         assert!(!text.to_ascii_lowercase().contains("te: trailers"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    fn body_of(raw: &str) -> Result<Vec<u8>, String> {
+        let r = read_response(raw.as_bytes().to_vec(), false).map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        for p in r.pieces {
+            body.extend(p.map_err(|e| e.to_string())?);
+        }
+        Ok(body)
+    }
+
+    #[test]
+    fn chunked_bodies_from_upstream_are_read_strictly() {
+        let ok = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(body_of(ok).unwrap(), b"hello");
+        for (raw, why) in [
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+                "chunk size",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+                "bare LF",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n",
+                "bare LF",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+                "CRLF",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello",
+                "before the end",
+            ),
+        ] {
+            let e = body_of(raw).unwrap_err();
+            assert!(e.contains(why), "{raw:?}: {e}");
+        }
+        let r = read_response(
+            b"HTTP/1.1 204 No Content\r\nConnection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+                .to_vec(),
+            false,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(r.status, "204 No Content");
+        assert_eq!(r.headers, vec![("X-B".to_string(), "2".to_string())]);
     }
 
     #[test]
