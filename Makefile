@@ -12,7 +12,7 @@ BINS = resumelb zkresumelb resumelb-worker get-worker-resume get-lb-status rlb-n
 MAN1 = $(addsuffix .1,$(BINS))
 MAN7 = resumelb-protocol.7
 
-.PHONY: all build install uninstall soak fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool clean
+.PHONY: all build install uninstall soak fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool bench-compare bench-peers clean
 
 all: build
 
@@ -83,6 +83,24 @@ bench:
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/bench
 	$(CARGO) bench --bench pool
+
+## resumelb beside HAProxy and nginx (W1 cache workload, W2 overhead):
+## tables, ratios, SVG charts in target/bench-compare. BENCH_QUICK=1 for a
+## short run, BENCH_ONLY=W1a,haproxy,... for a subset, BENCH_SECONDS and
+## BENCH_WARMUP per variant. Exits 1 if a peer could not run.
+bench-compare: bench-peers
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/bench-compare
+
+## HAProxy and nginx from Debian's packages, when missing (a failure is
+## reported by bench-compare as SKIPPED rows).
+bench-peers:
+	@for p in haproxy nginx; do \
+	  command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || { \
+	    echo "installing $$p"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p; } \
+	      || echo "could not install $$p"; }; \
+	done
 
 ## Pool speed: the last line is `pool get+put: <N> ns`.
 bench-pool:

@@ -46,7 +46,7 @@ fn serve(mut s: TcpStream) {
 
 fn load(target: std::net::SocketAddr, seconds: u64) -> std::io::Result<LoadResult> {
     run(&LoadSpec {
-        target,
+        targets: vec![target],
         connections: 16,
         duration: Duration::from_secs(seconds),
         max_requests: 10_000_000,

@@ -62,7 +62,7 @@ fn one_run(pool: &str, seconds: u64) -> std::io::Result<LoadResult> {
     let lb = spawn(&bins.join("resumelb"), &args, "listening on ")?;
     std::thread::sleep(Duration::from_millis(500));
     let result = run(&LoadSpec {
-        target: lb.addr,
+        targets: vec![lb.addr],
         connections: 16,
         duration: Duration::from_secs(seconds),
         max_requests: 5_000_000,

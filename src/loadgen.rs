@@ -13,7 +13,8 @@ pub type RequestMaker = dyn Fn(&mut Rng) -> (String, String) + Send + Sync;
 
 /// A load to apply.
 pub struct LoadSpec {
-    pub target: SocketAddr,
+    /// Connection `i` goes to `targets[i % targets.len()]`.
+    pub targets: Vec<SocketAddr>,
     pub connections: usize,
     pub duration: Duration,
     /// Stop after this many requests in all.
@@ -128,7 +129,7 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Response> {
 
 /// Apply a load and measure it.
 pub fn run(spec: &LoadSpec) -> io::Result<LoadResult> {
-    if !spec.target.ip().is_loopback() {
+    if spec.targets.is_empty() || spec.targets.iter().any(|t| !t.ip().is_loopback()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "the load generator only targets loopback addresses",
@@ -140,7 +141,7 @@ pub fn run(spec: &LoadSpec) -> io::Result<LoadResult> {
     let threads: Vec<_> = (0..spec.connections)
         .map(|i| {
             let make = spec.make.clone();
-            let target = spec.target;
+            let target = spec.targets[i % spec.targets.len()];
             let demo = spec.demo_report;
             let seed = spec.seed.wrapping_add(i as u64 * 7919);
             std::thread::spawn(move || {
@@ -296,7 +297,7 @@ mod tests {
     #[test]
     fn refuses_non_loopback_targets() {
         let spec = LoadSpec {
-            target: "192.0.2.1:80".parse().unwrap(),
+            targets: vec!["192.0.2.1:80".parse().unwrap()],
             connections: 1,
             duration: Duration::from_millis(1),
             max_requests: 1,

@@ -111,6 +111,9 @@ impl FromStr for PoolKind {
 }
 
 impl PoolKind {
+    /// Every pool's `-p` name (benchmarks run each as a variant).
+    pub const NAMES: [&'static str; 2] = ["resume", "classless"];
+
     pub fn build(self, settings: Settings) -> Box<dyn Pool> {
         match self {
             PoolKind::Resume => Box::new(ResumePool::new(settings)),

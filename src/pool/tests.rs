@@ -347,3 +347,11 @@ fn random_operations_keep_backlogs_consistent() {
         random_operations(PoolKind::Classless, true, seed);
     }
 }
+
+#[test]
+fn every_pool_name_parses() {
+    for name in PoolKind::NAMES {
+        assert!(name.parse::<PoolKind>().is_ok(), "{name}");
+    }
+    assert!("nonsense".parse::<PoolKind>().is_err());
+}
