@@ -237,10 +237,25 @@ impl Drop for Spawned {
     }
 }
 
+/// Have the child killed when the process that started it dies, so that an
+/// interrupted demo or benchmark leaves nothing running.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// Start `bin` and wait (up to 10 s) for its stderr line `… <ready> ADDR …`.
 pub fn spawn(bin: &std::path::Path, args: &[&str], ready: &str) -> io::Result<Spawned> {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(bin)
+    let mut cmd = std::process::Command::new(bin);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -163,6 +163,7 @@ pub fn start(balance: Balance, servers: &[SocketAddr], name: &'static str) -> io
             c
         }
     };
+    resumelb::loadgen::die_with_parent(&mut cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
