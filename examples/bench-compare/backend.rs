@@ -8,57 +8,13 @@
 //! A request names its site in `Host` (`s17.example`) and its objects in
 //! the path (`/17_203_4_88`); objects are keyed by (site, id).
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-
-/// Objects kept, least recently used dropped first.
-pub struct Lru {
-    capacity: usize,
-    clock: u64,
-    stamp_of: HashMap<(String, u64), u64>,
-    by_stamp: BTreeMap<u64, (String, u64)>,
-}
-
-impl Lru {
-    pub fn new(capacity: usize) -> Lru {
-        Lru {
-            capacity: capacity.max(1),
-            clock: 0,
-            stamp_of: HashMap::new(),
-            by_stamp: BTreeMap::new(),
-        }
-    }
-
-    /// Use an object: true if it was cached (a hit). It is cached after.
-    pub fn touch(&mut self, site: &str, id: u64) -> bool {
-        self.clock += 1;
-        let key = (site.to_string(), id);
-        let hit = match self.stamp_of.insert(key.clone(), self.clock) {
-            Some(old) => {
-                self.by_stamp.remove(&old);
-                true
-            }
-            None => false,
-        };
-        self.by_stamp.insert(self.clock, key);
-        while self.stamp_of.len() > self.capacity {
-            if let Some((_, oldest)) = self.by_stamp.pop_first() {
-                self.stamp_of.remove(&oldest);
-            }
-        }
-        hit
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.stamp_of.len()
-    }
-}
+use resumelb::worker::demo::Lru;
 
 /// What a backend counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +73,8 @@ pub struct BackendConfig {
 }
 
 struct State {
-    cache: Mutex<Lru>,
+    /// Objects by (site, id): sites never share objects.
+    cache: Mutex<Lru<(String, u64)>>,
     stats: Mutex<Stats>,
     free_slots: Mutex<usize>,
     slot_freed: Condvar,
@@ -135,7 +92,7 @@ impl State {
         }
         let mut misses = 0;
         for &id in ids {
-            if !self.cache.lock().touch(site, id) {
+            if !self.cache.lock().touch((site.to_string(), id)) {
                 misses += 1;
                 std::thread::sleep(miss);
             }
@@ -231,17 +188,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lru_keeps_the_most_recently_used() {
-        let mut l = Lru::new(2);
-        assert!(!l.touch("a", 1));
-        assert!(!l.touch("a", 2));
-        assert!(l.touch("a", 1)); // 1 is now the newest
-        assert!(!l.touch("a", 3)); // evicts 2
+    fn the_cache_is_lru_and_sites_never_share_objects() {
+        let mut l: Lru<(String, u64)> = Lru::new(2);
+        let k = |s: &str, id| (s.to_string(), id);
+        assert!(!l.touch(k("a", 1)));
+        assert!(!l.touch(k("a", 2)));
+        assert!(l.touch(k("a", 1))); // 1 is now the newest
+        assert!(!l.touch(k("a", 3))); // evicts 2
         assert_eq!(l.len(), 2);
-        assert!(l.touch("a", 1));
-        assert!(!l.touch("a", 2));
-        // Sites never share objects.
-        assert!(!l.touch("b", 1));
+        assert!(l.touch(k("a", 1)));
+        assert!(!l.touch(k("a", 2)));
+        assert!(!l.touch(k("b", 1)));
     }
 
     #[test]

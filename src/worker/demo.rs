@@ -12,6 +12,7 @@
 //! `abort_after=N` (fail the body after N bytes), `panic=1`, `error=1`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -35,17 +36,29 @@ impl Default for DemoConfig {
     }
 }
 
-/// An LRU set of object names.
-#[derive(Debug, Default)]
-struct Lru {
-    stamps: HashMap<String, u64>,
-    order: BTreeMap<u64, String>,
+/// A simulated cache: an LRU set of object keys holding at most
+/// `capacity` of them (0: nothing is kept). The benchmarks' backend uses it
+/// too.
+#[derive(Debug)]
+pub struct Lru<K> {
+    capacity: usize,
+    stamps: HashMap<K, u64>,
+    order: BTreeMap<u64, K>,
     clock: u64,
 }
 
-impl Lru {
-    /// Touch `key`; true if it was cached.
-    fn touch(&mut self, key: String, capacity: usize) -> bool {
+impl<K: Hash + Eq + Clone> Lru<K> {
+    pub fn new(capacity: usize) -> Lru<K> {
+        Lru {
+            capacity,
+            stamps: HashMap::new(),
+            order: BTreeMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Use `key`: true if it was cached. It is the newest afterwards.
+    pub fn touch(&mut self, key: K) -> bool {
         self.clock += 1;
         let hit = match self.stamps.insert(key.clone(), self.clock) {
             Some(old) => {
@@ -55,7 +68,7 @@ impl Lru {
             None => false,
         };
         self.order.insert(self.clock, key);
-        while self.stamps.len() > capacity {
+        while self.stamps.len() > self.capacity {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
             };
@@ -63,13 +76,22 @@ impl Lru {
         }
         hit
     }
+
+    /// Objects cached now.
+    pub fn len(&self) -> usize {
+        self.stamps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stamps.is_empty()
+    }
 }
 
 /// The demo app.
 pub struct DemoApp {
     config: DemoConfig,
     worker: String,
-    cache: Mutex<Lru>,
+    cache: Mutex<Lru<String>>,
 }
 
 impl DemoApp {
@@ -78,7 +100,7 @@ impl DemoApp {
         DemoApp {
             config,
             worker,
-            cache: Mutex::new(Lru::default()),
+            cache: Mutex::new(Lru::new(config.cache_size)),
         }
     }
 }
@@ -142,7 +164,7 @@ impl App for DemoApp {
         {
             let mut cache = self.cache.lock();
             for id in &ids {
-                if cache.touch(format!("{}/{id}", req.class), self.config.cache_size) {
+                if cache.touch(format!("{}/{id}", req.class)) {
                     hits += 1;
                 } else {
                     misses += 1;
