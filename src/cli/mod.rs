@@ -109,12 +109,17 @@ where
     }
 }
 
+/// The range of every duration option: a millisecond to a million seconds
+/// (about 11.5 days); beyond it a value is a typo, not a timeout.
+pub const MIN_SECONDS: f64 = 0.001;
+pub const MAX_SECONDS: f64 = 1_000_000.0;
+
 /// A duration option given in (possibly fractional) seconds.
 pub fn seconds(m: &Matches, name: &str, default: f64) -> Result<std::time::Duration, CliError> {
     let s: f64 = value(m, name, default)?;
-    if !(s.is_finite() && s > 0.0) {
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&s) {
         return Err(CliError::Usage(format!(
-            "--{name} must be a number of seconds above 0"
+            "--{name} must be from {MIN_SECONDS} to {MAX_SECONDS:.0} seconds"
         )));
     }
     Ok(std::time::Duration::from_secs_f64(s))

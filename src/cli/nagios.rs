@@ -258,9 +258,17 @@ pub fn main() -> ExitCode {
         return unknown("no thresholds given (and no -m)");
     }
     let timeout = match num(&m, "timeout") {
-        Ok(Some(s)) if s > 0.0 && s.is_finite() => Duration::from_secs_f64(s),
+        Ok(Some(s)) if (super::MIN_SECONDS..=super::MAX_SECONDS).contains(&s) => {
+            Duration::from_secs_f64(s)
+        }
         Ok(None) => Duration::from_secs(5),
-        _ => return unknown("bad --timeout"),
+        _ => {
+            return unknown(&format!(
+                "bad --timeout: must be from {} to {:.0} seconds",
+                super::MIN_SECONDS,
+                super::MAX_SECONDS
+            ))
+        }
     };
     let doc = match fetch(socket, timeout) {
         Ok(d) => d,

@@ -113,7 +113,7 @@ impl Loop {
             .map(|(k, _)| k.clone())
             .collect();
         for addr in due {
-            let retry = now + self.cfg.reconnect_interval;
+            let retry = crate::util::time::after(now, self.cfg.reconnect_interval);
             let sa = match resolve(&addr) {
                 Ok(sa) => sa,
                 Err(e) => {
@@ -492,7 +492,7 @@ impl Loop {
             self.balancer.put(wid);
         }
         self.balancer.remove(wid);
-        let retry = Instant::now() + self.cfg.reconnect_interval;
+        let retry = crate::util::time::after(Instant::now(), self.cfg.reconnect_interval);
         if let Some(a) = self.addrs.get_mut(&w.addr) {
             if a.slot == Some(slot) {
                 a.slot = None;

@@ -306,7 +306,10 @@ impl Loop {
             "shutting down: no new connections, finishing {} client(s)",
             self.clients
         );
-        self.stopping = Some(Instant::now() + self.cfg.socket_timeout);
+        self.stopping = Some(crate::util::time::after(
+            Instant::now(),
+            self.cfg.socket_timeout,
+        ));
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

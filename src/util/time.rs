@@ -58,6 +58,15 @@ pub fn clf_date(t: SystemTime) -> String {
     )
 }
 
+/// `now + d`, or as far as an `Instant` goes (a year on) when that would
+/// overflow: a configured timeout never panics, however large.
+pub fn after(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(YEAR))
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +81,16 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_825_599); // 2000-02-29T11:59:59
         assert_eq!(utc_timestamp(leap, 0), "2000-02-29T11:59:59Z");
         assert_eq!(utc_timestamp(UNIX_EPOCH, 0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = std::time::Instant::now();
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(after(now, Duration::MAX) > now);
+        assert!(after(now, Duration::from_secs_f64(1e19)) > now);
     }
 }

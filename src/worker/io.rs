@@ -474,7 +474,10 @@ impl IoLoop {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.draining = Some(Instant::now() + self.ctx.cfg.shutdown_timeout);
+        self.draining = Some(crate::util::time::after(
+            Instant::now(),
+            self.ctx.cfg.shutdown_timeout,
+        ));
         self.ctx.last_frame = Instant::now();
         for slot in self.conns.keys() {
             match self.conns.get_mut(slot) {

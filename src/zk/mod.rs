@@ -340,7 +340,7 @@ fn session(
                 return SessionEnd::Retry;
             }
         };
-        let deadline = Instant::now() + wait;
+        let deadline = crate::util::time::after(Instant::now(), wait);
         crossbeam_channel::select! {
             recv(rx) -> ev => match ev {
                 Ok(Ev::Changed) => {
@@ -396,7 +396,7 @@ fn session(
 /// After a disconnect: true if the session comes back before it would
 /// have expired.
 fn reconnected(rx: &Receiver<Ev>, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
+    let deadline = crate::util::time::after(Instant::now(), within);
     loop {
         match rx.recv_deadline(deadline) {
             Ok(Ev::Up) => return true,
