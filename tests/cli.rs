@@ -1,7 +1,11 @@
 //! Command lines as an operator types them, odd values included: messages
 //! and exit codes of the real binaries (no server needed).
 
+mod common;
+
 use std::process::Command;
+
+use common::*;
 
 fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(bin).args(args).output().unwrap();
@@ -71,4 +75,99 @@ fn durations_out_of_range_are_usage_errors() {
     );
     assert!(out.contains("seconds"), "{out}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// get-lb-status or rlb-nagios (with a threshold, which it requires) on
+/// `path`, with a 1 s timeout.
+fn tool(bin: &str, path: &std::path::Path) -> (Option<i32>, String) {
+    let mut args = vec!["-t", "1"];
+    if bin.ends_with("rlb-nagios") {
+        args.extend(["-b", "1"]);
+    }
+    args.push(path.to_str().unwrap());
+    let (code, out, err) = run(bin, &args);
+    (code, format!("{out}{err}"))
+}
+
+/// A second LB never takes a live status socket; a stale one is replaced;
+/// a file in the way is named as such, by the LB and by the tools.
+#[test]
+fn status_socket_is_never_stolen() {
+    let dir = TempDir::new("status-path");
+    let sock = dir.path("lb.sock");
+    let s = sock.to_str().unwrap();
+    let first = start_lb(&["-s", s, "127.0.0.1:1"]);
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_resumelb"),
+        &["-a", "127.0.0.1:0", "-s", s, "127.0.0.1:1"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    // The first LB still has its socket.
+    assert!(status(&sock)["workers"].is_array());
+    drop(first); // killed: its socket file is left behind, stale
+
+    let second = start_lb(&["-s", s, "127.0.0.1:1"]);
+    assert!(status(&sock)["workers"].is_array());
+    drop(second);
+
+    let file = dir.path("plain-file");
+    std::fs::write(&file, "not a socket").unwrap();
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_resumelb"),
+        &[
+            "-a",
+            "127.0.0.1:0",
+            "-s",
+            file.to_str().unwrap(),
+            "127.0.0.1:1",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
+    let (code, text) = tool(env!("CARGO_BIN_EXE_get-lb-status"), &file);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("exists and is not a socket"), "{text}");
+    let (code, text) = tool(env!("CARGO_BIN_EXE_rlb-nagios"), &file);
+    assert_eq!(code, Some(3));
+    assert!(text.contains("exists and is not a socket"), "{text}");
+}
+
+/// The tools tell "not a status document" and "no answer in time" apart
+/// from "unreachable".
+#[test]
+fn status_tools_say_what_went_wrong() {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    let dir = TempDir::new("status-tools");
+    let other = dir.path("other.sock");
+    let l = UnixListener::bind(&other).unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"{\"hello\": \"world\"}\n");
+        }
+    });
+    let (code, text) = tool(env!("CARGO_BIN_EXE_get-lb-status"), &other);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("not a resumelb status document"), "{text}");
+
+    let silent = dir.path("silent.sock");
+    let l = UnixListener::bind(&silent).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c); // never answers
+        }
+    });
+    let (code, text) = tool(env!("CARGO_BIN_EXE_get-lb-status"), &silent);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("timed out after 1 s"), "{text}");
+    let (code, text) = tool(env!("CARGO_BIN_EXE_rlb-nagios"), &silent);
+    assert_eq!(code, Some(3));
+    assert!(text.contains("timed out after 1 s"), "{text}");
+
+    let (code, text) = tool(env!("CARGO_BIN_EXE_get-lb-status"), &dir.path("none.sock"));
+    assert_eq!(code, Some(1));
+    assert!(text.contains("unreachable"), "{text}");
 }

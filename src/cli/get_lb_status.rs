@@ -1,7 +1,7 @@
 //! `get-lb-status PATH…`: read LB status documents from their Unix sockets
 //! and print them.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, SystemTime};
 
@@ -26,14 +26,29 @@ pub fn options() -> Options {
     o
 }
 
-/// Read one status document.
+/// Read one status document. The error says which of three things went
+/// wrong: nothing usable at the path, no answer in time, or an answer that
+/// is not a resumelb status document.
 pub fn fetch(path: &str, timeout: Duration) -> Result<serde_json::Value, String> {
-    let mut s = UnixStream::connect(path).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    if crate::lb::status::is_not_a_socket(std::path::Path::new(path)) {
+        return Err("exists and is not a socket".into());
+    }
+    let unreachable = |e: std::io::Error| format!("unreachable: {e}");
+    let mut s = UnixStream::connect(path).map_err(unreachable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| format!("bad status document: {e}"))
+    s.read_to_string(&mut text).map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            format!("timed out after {} s", timeout.as_secs_f64())
+        }
+        _ => unreachable(e),
+    })?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("not a resumelb status document: {e}"))?;
+    if !(doc["workers"].is_array() && doc["backlog"].is_number()) {
+        return Err("not a resumelb status document (no workers or backlog)".into());
+    }
+    Ok(doc)
 }
 
 pub fn run(args: Vec<String>) -> Result<(), CliError> {
@@ -66,7 +81,7 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         }
     }
     if failed > 0 {
-        Err(CliError::Failed(format!("{failed} LB(s) unreachable")))
+        Err(CliError::Failed(format!("no status from {failed} LB(s)")))
     } else {
         Ok(())
     }

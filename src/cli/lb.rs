@@ -193,5 +193,5 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
     let address = cfg.address.clone();
     let lb =
         Lb::bind(cfg).map_err(|e| CliError::Failed(format!("cannot listen on {address}: {e}")))?;
-    lb.run().map_err(|e| CliError::Failed(e.to_string()))
+    lb.run().map_err(CliError::from_run)
 }

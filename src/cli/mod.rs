@@ -22,6 +22,22 @@ pub enum CliError {
     Usage(String),
     /// Something failed while running: one line on stderr, exit 1.
     Failed(String),
+    /// Configuration the operator must fix (a file in the way, an unusable
+    /// path): one line on stderr, exit 2, so that a supervisor that takes
+    /// exit 2 as final does not restart it forever.
+    Config(String),
+}
+
+impl CliError {
+    /// A run-time failure, as exit 1, or exit 2 when the error says the
+    /// configuration is wrong (`InvalidInput`).
+    pub fn from_run(e: std::io::Error) -> CliError {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            CliError::Config(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    }
 }
 
 impl<E: std::error::Error> From<E> for CliError {
@@ -60,6 +76,10 @@ pub fn main_with(name: &str, run: impl FnOnce(Vec<String>) -> Result<(), CliErro
         Err(CliError::Failed(msg)) => {
             eprintln!("{name}: {msg}");
             ExitCode::from(1)
+        }
+        Err(CliError::Config(msg)) => {
+            eprintln!("{name}: {msg}");
+            ExitCode::from(2)
         }
     }
 }

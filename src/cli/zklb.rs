@@ -113,7 +113,7 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         }
     })
     .map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))?;
-    let result = lb.run().map_err(|e| CliError::Failed(e.to_string()));
+    let result = lb.run().map_err(CliError::from_run);
     drop(agent);
     result
 }

@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::backend::WorkerConn;
 use super::client::Client;
 use super::spill::{SpillIo, SpillRead};
+use super::status::SocketPath;
 use super::status::StatusConn;
 use super::{Command, LbConfig, WorkerSpec};
 use crate::pool::Balancer;
@@ -102,15 +103,32 @@ impl Loop {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let status = match &cfg.status_path {
             Some(path) => {
-                // A socket file left by an earlier run would make bind fail.
-                if std::fs::symlink_metadata(path)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                {
-                    let _ = std::fs::remove_file(path);
-                }
                 let status_error = |e: io::Error| {
                     io::Error::new(e.kind(), format!("status socket {}: {e}", path.display()))
                 };
+                // A socket file left by an earlier run is replaced; one a
+                // running LB answers on, or another kind of file, is not.
+                match super::status::claim_socket_path(path).map_err(status_error)? {
+                    SocketPath::Free => {}
+                    SocketPath::InUse => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!(
+                                "status socket {} is in use: another load balancer answers on it",
+                                path.display()
+                            ),
+                        ))
+                    }
+                    SocketPath::NotASocket => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "status socket {} exists and is not a socket",
+                                path.display()
+                            ),
+                        ))
+                    }
+                }
                 let mut l = UnixListener::bind(path).map_err(status_error)?;
                 // Owner and group only: the document names every worker.
                 // (Until this chmod the umask applies; connecting needs

@@ -41,6 +41,45 @@ impl StatusConn {
     }
 }
 
+/// What is at a status socket's path, for an LB about to listen there.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SocketPath {
+    /// Nothing, or a socket nobody answers on (removed): free to bind.
+    Free,
+    /// Another process answers on it: do not take it.
+    InUse,
+    /// A file, directory or the like: the operator must move it.
+    NotASocket,
+}
+
+/// Look at `path` before binding it; a stale socket file is removed.
+pub fn claim_socket_path(path: &std::path::Path) -> io::Result<SocketPath> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SocketPath::Free),
+        Err(e) => return Err(e),
+        Ok(m) => m,
+    };
+    if !meta.file_type().is_socket() {
+        return Ok(SocketPath::NotASocket);
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Ok(SocketPath::InUse),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path)?;
+            Ok(SocketPath::Free)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `path` holds something other than a socket (for the tools'
+/// messages: "exists and is not a socket" rather than "refused").
+pub fn is_not_a_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket())
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
