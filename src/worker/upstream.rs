@@ -258,6 +258,16 @@ pub fn request_head(req: &Request, body_len: u64) -> Vec<u8> {
         }
         push(&name, v);
     }
+    if !env.contains_key("HTTP_HOST") {
+        // HTTP/1.0 without Host: HTTP/1.1 requires one. The address the
+        // LB took the request on is what a WSGI server would use.
+        let host = match (get("SERVER_NAME"), get("SERVER_PORT")) {
+            ("", _) => "localhost".to_string(),
+            (name, "") | (name, "80") => name.to_string(),
+            (name, port) => format!("{name}:{port}"),
+        };
+        push("Host", &host);
+    }
     if !get("CONTENT_TYPE").is_empty() {
         push("Content-Type", get("CONTENT_TYPE"));
     }
@@ -730,6 +740,39 @@ mod tests {
         .unwrap();
         assert_eq!(r.status, "204 No Content");
         assert_eq!(r.headers, vec![("X-B".to_string(), "2".to_string())]);
+    }
+
+    /// HTTP/1.0 without Host went upstream as HTTP/1.1 without Host.
+    #[test]
+    fn a_request_without_host_gets_one() {
+        let head = |pairs: &[(&str, &str)]| {
+            let env: Environ = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            String::from_utf8(request_head(&Request::new(env, BodyReader::empty()), 0)).unwrap()
+        };
+        let h = head(&[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/x"),
+            ("SERVER_PROTOCOL", "HTTP/1.0"),
+            ("SERVER_NAME", "10.0.0.5"),
+            ("SERVER_PORT", "8080"),
+        ]);
+        assert!(h.starts_with("GET /x HTTP/1.1\r\n"), "{h}");
+        assert_eq!(h.matches("Host: ").count(), 1, "{h}");
+        assert!(h.contains("Host: 10.0.0.5:8080\r\n"), "{h}");
+        let h = head(&[
+            ("REQUEST_METHOD", "GET"),
+            ("SERVER_NAME", "a"),
+            ("SERVER_PORT", "80"),
+        ]);
+        assert!(h.contains("Host: a\r\n"), "{h}");
+        let h = head(&[("REQUEST_METHOD", "GET")]);
+        assert!(h.contains("Host: localhost\r\n"), "{h}");
+        let h = head(&[("REQUEST_METHOD", "GET"), ("HTTP_HOST", "example.com")]);
+        assert_eq!(h.matches("Host: ").count(), 1, "{h}");
+        assert!(h.contains("Host: example.com\r\n"), "{h}");
     }
 
     #[test]

@@ -78,7 +78,10 @@ fn rule_for(key: &str) -> Rule {
     match key {
         "REQUEST_URI" | "QUERY_STRING" => Rule::Target,
         "PATH_INFO" => Rule::Path,
-        "CONTENT_TYPE" | "REMOTE_ADDR" | "wsgi.url_scheme" => Rule::FieldValue,
+        // These end up in the upstream request's header fields.
+        "CONTENT_TYPE" | "REMOTE_ADDR" | "SERVER_NAME" | "SERVER_PORT" | "wsgi.url_scheme" => {
+            Rule::FieldValue
+        }
         k if k.starts_with("HTTP_") => Rule::FieldValue,
         _ => Rule::NoLineBreaks,
     }
@@ -244,6 +247,7 @@ mod tests {
             ),
             (with("resumelb.request_class", "a\nb"), "line break"),
             (with("SERVER_NAME", "a\0"), "line break"),
+            (with("SERVER_NAME", "a\u{b}b"), "control character"),
             (with("a\rb", "1"), "control character"),
         ];
         for (env, expect) in cases {
