@@ -435,3 +435,46 @@ fn upstream_app_in_front_of_waitress() {
     assert_eq!(r.code(), 502);
     w.proc.wait_for("upstream", T);
 }
+
+fn get_worker_resume(addr: std::net::SocketAddr) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_get-worker-resume"))
+        .arg(addr.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// With the default history nothing is published for a long time: the
+/// tool says the résumé is empty, SIGTERM saves what was learnt anyway, and
+/// a résumé file that cannot be written stops the worker at start-up.
+#[test]
+fn resume_is_saved_on_shutdown_and_an_empty_one_is_said() {
+    let dir = TempDir::new("resume-save");
+    let file = dir.path("resume.json");
+    let f = file.to_str().unwrap();
+    let mut w = start_worker(&["--app", "demo", "--resume-file", f]);
+    assert_eq!(get_worker_resume(w.addr), "(empty résumé)\n");
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    run_requests(&mut lb, 1, 3, "learnt", "sleep=1");
+    assert!(!file.exists(), "published before --history requests");
+    drop(lb);
+    w.proc.signal("TERM");
+    assert_eq!(w.proc.wait(T), Some(0));
+    let saved = resumelb::resume::load_file(&file).unwrap();
+    assert!(saved["learnt"] > 0.0, "{saved:?}");
+
+    let w2 = start_worker(&["--app", "demo", "--resume-file", f]);
+    assert!(get_worker_resume(w2.addr).starts_with("learnt "));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_resumelb-worker"))
+        .args(["-a", "127.0.0.1:0", "--app", "demo"])
+        .args(["--resume-file", "/nonexistent/dir/resume.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot write the résumé file"), "{err}");
+}

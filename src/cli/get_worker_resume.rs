@@ -87,6 +87,10 @@ pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<R
 }
 
 fn lines(resume: &Resume) -> String {
+    if resume.is_empty() {
+        // Nothing learnt yet (or nothing published: see --history).
+        return "(empty résumé)\n".into();
+    }
     resume.iter().map(|(c, s)| format!("{c} {s}\n")).collect()
 }
 

@@ -277,6 +277,9 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
     let Some(mut a) = parse_args(&args)? else {
         return Ok(());
     };
+    if let Some(path) = &a.config.resume_file {
+        check_writable(path)?;
+    }
     if let Some(t) = &a.tracelog {
         a.config.tracelog = TraceLog::open(t)
             .map_err(|e| CliError::Failed(format!("cannot open trace log {t}: {e}")))?;
@@ -304,6 +307,25 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         None => None,
     };
     worker.run(app).map_err(|e| CliError::Failed(e.to_string()))
+}
+
+/// The résumé file is written by a temporary file and a rename in its
+/// directory: make sure that works now, not at the first publish.
+fn check_writable(path: &std::path::Path) -> Result<(), CliError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".resumelb-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            CliError::Config(format!(
+                "cannot write the résumé file {} (in {}): {e}",
+                path.display(),
+                dir.display()
+            ))
+        })
 }
 
 /// Register in ZooKeeper, follow the settings there, and leave ZooKeeper

@@ -209,7 +209,8 @@ impl Worker {
             config.resume_file.clone(),
             Duration::from_millis(250).min(config.keepalive),
         )?;
-        drop(timer.0);
+        // Kept to ask for a last save at shutdown.
+        let timer_tx = timer.0;
         let _app_threads = threads::spawn(threads, app, jobs_rx, shared)?;
         let signals = if config.handle_signals {
             Some(crate::util::signals::spawn(waker.clone())?)
@@ -257,6 +258,10 @@ impl Worker {
         }
         log::info!("worker listening on {addr} with {threads} app thread(s)");
         let result = io.run();
+        let (saved_tx, saved_rx) = bounded(1);
+        if timer_tx.send(TimerMsg::Save(saved_tx)).is_ok() {
+            let _ = saved_rx.recv_timeout(Duration::from_secs(5));
+        }
         trace.record('X', 0, "");
         trace.flush();
         result

@@ -95,6 +95,8 @@ pub(crate) struct Out {
 pub(crate) enum TimerMsg {
     Sample(String, f64),
     Settings(ResumeSettings),
+    /// Shutting down: save the résumé as it stands, then answer.
+    Save(crossbeam_channel::Sender<()>),
 }
 
 /// Messages from the timer thread to the I/O thread.

@@ -40,6 +40,21 @@ pub(crate) fn spawn(
                             let _ = waker.wake();
                         }
                     }
+                    Ok(TimerMsg::Save(done)) => {
+                        // What was learnt since the last publish is kept too.
+                        if let Some(path) = &resume_file {
+                            if tracker.generation() > 0 {
+                                match save_file(path, &tracker.resume()) {
+                                    Ok(()) => log::info!("résumé saved to {}", path.display()),
+                                    Err(e) => log::error!(
+                                        "cannot save résumé file {}: {e}",
+                                        path.display()
+                                    ),
+                                }
+                            }
+                        }
+                        let _ = done.send(());
+                    }
                     Ok(TimerMsg::Settings(s)) => {
                         log::info!(
                             "résumé settings: history {}, max_skill_age {}",
