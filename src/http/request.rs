@@ -122,6 +122,27 @@ fn split_target(target: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
 
 /// Parse the request head at the front of `buf`: `Ok(None)` when more bytes
 /// are needed, else the head and its length.
+/// `METHOD SP target SP HTTP/d.d` (RFC 9112 §3), whatever the version.
+fn well_formed_request_line(data: &[u8]) -> bool {
+    let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let line = data[..end].strip_suffix(b"\r").unwrap_or(&data[..end]);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let [method, target, version] = parts.as_slice() else {
+        return false;
+    };
+    let token = |s: &[u8]| {
+        !s.is_empty()
+            && s.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let version_ok = matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit());
+    token(method)
+        && !target.is_empty()
+        && !target.iter().any(|b| b.is_ascii_control())
+        && version_ok
+}
+
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HttpError> {
     // Leading empty lines before a request are allowed (RFC 9112 §2.2).
     let skip = buf
@@ -154,7 +175,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
                 why: "too many header fields",
             })
         }
-        Err(httparse::Error::Version) => {
+        // httparse says "version" for anything at that place: only a
+        // well-formed request line with another version is a 505.
+        Err(httparse::Error::Version) if well_formed_request_line(data) => {
             return Err(HttpError {
                 status: 505,
                 why: "HTTP version not supported",
@@ -389,6 +412,14 @@ mod tests {
             ("GET nohost HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            ("GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+            // Malformed request lines are 400, not 505.
+            ("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET / FOO\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1 x\r\nHost: a\r\n\r\n", 400),
+            ("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET /\r\nHost: a\r\n\r\n", 400),
         ];
         for (req, want) in cases {
             assert_eq!(status(req), want, "{req:?}");
