@@ -171,3 +171,124 @@ fn status_tools_say_what_went_wrong() {
     assert_eq!(code, Some(1));
     assert!(text.contains("unreachable"), "{text}");
 }
+
+const T: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One rule for exit codes: what the operator must fix exits 2 (so that
+/// zdaemon's `exit-codes 0,2` does not restart it forever), what may clear
+/// by itself exits 1.
+#[test]
+fn bad_addresses_exit_2_and_an_address_in_use_exits_1() {
+    let lb = env!("CARGO_BIN_EXE_resumelb");
+    let zklb = env!("CARGO_BIN_EXE_zkresumelb");
+    let worker = env!("CARGO_BIN_EXE_resumelb-worker");
+    for (bin, args) in [
+        (lb, vec!["-a", "nonsense", "127.0.0.1:1"]),
+        (lb, vec!["-a", "1.2.3.4:99999", "127.0.0.1:1"]),
+        (zklb, vec!["-a", "nonsense", "127.0.0.1:1", "/x"]),
+        (worker, vec!["-a", "nonsense", "--app", "demo"]),
+        (worker, vec!["-a", "127.0.0.1:99999", "--app", "demo"]),
+    ] {
+        let (code, _, err) = run(bin, &args);
+        assert_eq!(code, Some(2), "{bin} {args:?}: {err}");
+        assert!(
+            err.contains("bad address -a") && err.contains(args[1]),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run(
+        lb,
+        &[
+            "-a",
+            "127.0.0.1:0",
+            "--metrics-address",
+            "nonsense",
+            "127.0.0.1:1",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-address \"nonsense\""), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (bin, args) in [
+        (lb, vec!["-a", addr.as_str(), "127.0.0.1:1"]),
+        (worker, vec!["-a", addr.as_str(), "--app", "demo"]),
+    ] {
+        let (code, _, err) = run(bin, &args);
+        assert_eq!(code, Some(1), "{bin}: {err}");
+        assert!(err.contains("cannot listen on"), "{err}");
+    }
+}
+
+/// SIGHUP reopens the logs like SIGUSR2 instead of killing the process
+/// (exit 129, status socket left behind).
+#[test]
+fn sighup_reopens_logs_and_does_not_kill() {
+    let dir = TempDir::new("sighup");
+    let log = dir.path("access.log");
+    let mut lb = start_lb(&["-l", log.to_str().unwrap(), "127.0.0.1:1"]);
+    let w = start_worker(&[
+        "--app",
+        "demo",
+        "--tracelog",
+        dir.path("trace").to_str().unwrap(),
+    ]);
+    std::fs::rename(&log, dir.path("access.log.1")).unwrap();
+    lb.proc.signal("HUP");
+    w.proc.signal("HUP");
+    wait_until("the access log reopened", T, || log.exists());
+    assert!(lb.proc.child.try_wait().unwrap().is_none(), "the LB died");
+    lb.proc.signal("TERM");
+    assert_eq!(lb.proc.wait(T), Some(0));
+    let mut w = w;
+    assert!(
+        w.proc.child.try_wait().unwrap().is_none(),
+        "the worker died"
+    );
+    w.proc.signal("TERM");
+    assert_eq!(w.proc.wait(T), Some(0));
+}
+
+/// A second Ctrl-C exits at once; when that cuts requests in flight, the
+/// exit status is not 0.
+#[test]
+fn a_second_stop_that_cuts_requests_exits_1() {
+    let dir = TempDir::new("second-stop");
+    let sock = dir.path("lb.sock");
+    // The trace log on stderr: `I` records a request handed to an app thread.
+    let mut w = start_worker(&["--app", "demo", "--threads", "2", "--tracelog", "-"]);
+    let mut lb = start_lb(&["-s", sock.to_str().unwrap(), &w.addr.to_string()]);
+    lb.proc.wait_for("joined", T);
+    let mut client = HttpConn::connect(lb.addr);
+    client.send(b"GET /1?sleep=5000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    wait_until("the request in flight", T, || {
+        status(&sock)["backlog"].as_i64() == Some(1)
+    });
+    lb.proc.signal("INT");
+    lb.proc.wait_for("shutting down", T);
+    lb.proc.signal("INT");
+    assert_eq!(lb.proc.wait(T), Some(1), "{}", lb.proc.stderr());
+    assert!(lb.proc.stderr().contains("cut off"));
+
+    // The worker likewise, with a request running in an app thread.
+    let started = |w: &WorkerProc| {
+        w.proc
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("I "))
+            .count()
+    };
+    let before = started(&w);
+    let mut tlb = TestLb::connect(w.addr);
+    tlb.greeting();
+    tlb.send_request(1, environ("GET", "/1", "sleep=5000", "c"), b"");
+    wait_until("the request at an app thread", T, || started(&w) > before);
+    w.proc.signal("INT");
+    w.proc.wait_for("shutting down", T);
+    w.proc.signal("INT");
+    assert_eq!(w.proc.wait(T), Some(1), "{}", w.proc.stderr());
+    assert!(w.proc.stderr().contains("cut off"));
+}

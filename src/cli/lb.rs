@@ -191,7 +191,6 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         return Ok(());
     };
     let address = cfg.address.clone();
-    let lb =
-        Lb::bind(cfg).map_err(|e| CliError::Failed(format!("cannot listen on {address}: {e}")))?;
+    let lb = Lb::bind(cfg).map_err(|e| super::listen_error(&address, e))?;
     lb.run().map_err(CliError::from_run)
 }

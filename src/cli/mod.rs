@@ -46,6 +46,17 @@ impl<E: std::error::Error> From<E> for CliError {
     }
 }
 
+/// A listening socket could not be made on `addr` (`-a`): an address that
+/// does not parse (bad syntax, port out of range) is the operator's to fix
+/// (exit 2); one in use or a name that does not resolve may clear (exit 1).
+pub fn listen_error(addr: &str, e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::InvalidInput {
+        CliError::Config(format!("bad address -a {addr:?}: {e}"))
+    } else {
+        CliError::Failed(format!("cannot listen on {addr}: {e}"))
+    }
+}
+
 /// `--secret-file PATH`, read: a file that cannot be read or is empty is
 /// the operator's to fix (exit 2).
 pub fn secret_file(m: &getopts::Matches) -> Result<Option<crate::proto::auth::Secret>, CliError> {

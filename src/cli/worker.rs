@@ -289,7 +289,7 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         a.config.handle_signals = false;
     }
     let worker = Worker::bind(&a.address, a.config.clone())
-        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", a.address)))?;
+        .map_err(|e| super::listen_error(&a.address, e))?;
     let bound = worker.local_addr();
     let app: Arc<dyn App> = match &a.app {
         AppSpec::Demo => Arc::new(DemoApp::new(

@@ -56,8 +56,7 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
     cfg.single_version = m.opt_present("single-version");
     cfg.handle_signals = false;
     let address = cfg.address.clone();
-    let lb =
-        Lb::bind(cfg).map_err(|e| CliError::Failed(format!("cannot listen on {address}: {e}")))?;
+    let lb = Lb::bind(cfg).map_err(|e| super::listen_error(&address, e))?;
     let handle = lb.handle();
     let data = serde_json::json!({"pid": std::process::id()})
         .to_string()

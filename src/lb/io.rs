@@ -236,7 +236,20 @@ impl Loop {
                 }
             }
             if self.handle_messages() {
-                break;
+                // A second stop: whatever is in flight is cut off, and the
+                // exit status says so.
+                let cut = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c, Conn::Client(c) if c.ex.is_some()))
+                    .count();
+                self.shutdown();
+                if cut > 0 {
+                    return Err(io::Error::other(format!(
+                        "stopped at once: {cut} request(s) in flight cut off"
+                    )));
+                }
+                return Ok(());
             }
             self.flush_dirty();
             if self.stopping.is_some() && self.clients == 0 {

@@ -197,8 +197,11 @@ impl Lb {
         log::info!("listening on {}", self.addr);
         if let Some(addr) = &self.config.metrics_address {
             let handle = self.handle();
-            let bound = metrics::serve(resolve(addr)?, move |tx| handle.send(Command::Scrape(tx)))
-                .map_err(|e| {
+            let sa = resolve(addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("bad --metrics-address {addr:?}: {e}"))
+            })?;
+            let bound =
+                metrics::serve(sa, move |tx| handle.send(Command::Scrape(tx))).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("metrics address {addr}: {e}"))
                 })?;
             log::info!("metrics on http://{bound}/metrics");

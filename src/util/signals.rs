@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 /// What a signal asks of a process.
@@ -13,25 +13,33 @@ use signal_hook::iterator::Signals;
 pub enum SignalEvent {
     /// SIGTERM or SIGINT: shut down gracefully (a second one: at once).
     Stop,
-    /// SIGUSR2: reopen log files (what `zdaemon logreopen` sends).
+    /// SIGUSR2 or SIGHUP: reopen log files (SIGUSR2 is what `zdaemon
+    /// logreopen` sends; SIGHUP, which would otherwise kill the process and
+    /// leave its status socket behind, is what logrotate's scripts send).
     Reopen,
+}
+
+/// The signals a process of ours handles.
+const HANDLED: [i32; 4] = [SIGTERM, SIGINT, SIGUSR2, SIGHUP];
+
+fn event_of(sig: i32) -> SignalEvent {
+    if sig == SIGUSR2 || sig == SIGHUP {
+        SignalEvent::Reopen
+    } else {
+        SignalEvent::Stop
+    }
 }
 
 /// Start the signal thread. Each signal is sent on the returned channel and
 /// `waker` is woken.
 pub fn spawn(waker: Arc<mio::Waker>) -> io::Result<Receiver<SignalEvent>> {
     let (tx, rx): (Sender<SignalEvent>, Receiver<SignalEvent>) = crossbeam_channel::unbounded();
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
+    let mut signals = Signals::new(HANDLED)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                let ev = if sig == SIGUSR2 {
-                    SignalEvent::Reopen
-                } else {
-                    SignalEvent::Stop
-                };
-                if tx.send(ev).is_err() {
+                if tx.send(event_of(sig)).is_err() {
                     break;
                 }
                 let _ = waker.wake();
@@ -43,16 +51,12 @@ pub fn spawn(waker: Arc<mio::Waker>) -> io::Result<Receiver<SignalEvent>> {
 /// Start a thread that calls `on` for each signal (for processes that must
 /// do something of their own, such as leaving ZooKeeper, before stopping).
 pub fn forward(on: impl Fn(SignalEvent) + Send + 'static) -> io::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
+    let mut signals = Signals::new(HANDLED)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                on(if sig == SIGUSR2 {
-                    SignalEvent::Reopen
-                } else {
-                    SignalEvent::Stop
-                });
+                on(event_of(sig));
             }
         })?;
     Ok(())

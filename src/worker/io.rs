@@ -232,7 +232,25 @@ impl IoLoop {
                 }
             }
             if self.drain_channels() {
+                // A second stop: requests in flight are cut off, and the
+                // exit status says so.
+                let cut = self.ctx.busy
+                    + self
+                        .conns
+                        .iter()
+                        .map(|(_, c)| {
+                            c.requests
+                                .values()
+                                .filter(|r| matches!(r, Req::Receiving { .. }))
+                                .count()
+                        })
+                        .sum::<usize>();
                 self.close_all();
+                if cut > 0 {
+                    return Err(io::Error::other(format!(
+                        "stopped at once: {cut} request(s) in flight cut off"
+                    )));
+                }
                 return Ok(());
             }
             self.flush_dirty();
