@@ -46,6 +46,72 @@ impl fmt::Display for ClassifierError {
 
 impl std::error::Error for ClassifierError {}
 
+/// The regex crate's message without its drawing of the pattern: the line
+/// that says what is wrong (one line for the operator).
+fn one_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Environ keys the LB sets besides `HTTP_*` headers (resumelb-protocol(7)).
+const LB_KEYS: [&str; 14] = [
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "REQUEST_URI",
+    "SERVER_PROTOCOL",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "wsgi.url_scheme",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "resumelb.request_class",
+];
+
+/// Headers the LB consumes and never passes on as `HTTP_*`.
+const NEVER_HTTP: [&str; 4] = [
+    "HTTP_CONTENT_LENGTH",
+    "HTTP_CONTENT_TYPE",
+    "HTTP_TRANSFER_ENCODING",
+    "HTTP_EXPECT",
+];
+
+impl Classifier {
+    /// Why this classifier could never see a value (every request would be
+    /// in the empty class), if that is so: for a start-up warning.
+    pub fn never_matches(&self) -> Option<String> {
+        let Classifier::Regex { name, .. } = self else {
+            return None;
+        };
+        let header_key = name.strip_prefix("HTTP_").is_some_and(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        });
+        if NEVER_HTTP.contains(&name.as_str()) {
+            Some(format!(
+                "request classifier: {name} is never set (the LB consumes that header; \
+                 use CONTENT_TYPE or CONTENT_LENGTH): every request will be in the empty class"
+            ))
+        } else if LB_KEYS.contains(&name.as_str()) || header_key {
+            None
+        } else {
+            Some(format!(
+                "request classifier: no request carries {name:?} (expected a CGI key such as \
+                 PATH_INFO or HTTP_HOST, or an upper-case HTTP_* header): every request will \
+                 be in the empty class"
+            ))
+        }
+    }
+}
+
 impl FromStr for Classifier {
     type Err = ClassifierError;
 
@@ -62,7 +128,7 @@ impl FromStr for Classifier {
         if name.is_empty() {
             return Err(ClassifierError::MissingName(spec.to_string()));
         }
-        let regex = Regex::new(pattern).map_err(|e| ClassifierError::BadRegex(e.to_string()))?;
+        let regex = Regex::new(pattern).map_err(|e| ClassifierError::BadRegex(one_line(&e)))?;
         if !regex.capture_names().any(|n| n == Some("class")) {
             return Err(ClassifierError::NoClassGroup(pattern.to_string()));
         }
@@ -173,5 +239,53 @@ mod tests {
         let nc = e("re:PATH_INFO:/([^/]+)");
         assert!(matches!(nc, ClassifierError::NoClassGroup(_)));
         assert!(nc.to_string().contains("class"));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    fn c(spec: &str) -> Classifier {
+        spec.parse().unwrap()
+    }
+
+    #[test]
+    fn names_no_request_carries_are_warned_about() {
+        assert!(c("host").never_matches().is_none());
+        for ok in [
+            "PATH_INFO",
+            "HTTP_HOST",
+            "HTTP_X_SITE",
+            "REMOTE_ADDR",
+            "wsgi.url_scheme",
+        ] {
+            assert!(
+                c(&format!("re:{ok}:(?P<class>.*)"))
+                    .never_matches()
+                    .is_none(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "PATHINFO",
+            "HTTP_host",
+            "path_info",
+            "HTTP_",
+            "HTTP_CONTENT_TYPE",
+        ] {
+            let w = c(&format!("re:{bad}:(?P<class>.*)")).never_matches();
+            assert!(w.is_some_and(|w| w.contains(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_regex_is_one_line() {
+        let e = "re:PATH_INFO:(?P<class>[a"
+            .parse::<Classifier>()
+            .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("unclosed character class"), "{text}");
     }
 }

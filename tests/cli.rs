@@ -292,3 +292,19 @@ fn a_second_stop_that_cuts_requests_exits_1() {
     assert_eq!(w.proc.wait(T), Some(1), "{}", w.proc.stderr());
     assert!(w.proc.stderr().contains("cut off"));
 }
+
+/// `re:NAME:…` with a NAME no request carries is warned about at start-up;
+/// a bad regex is one line.
+#[test]
+fn request_classifier_mistakes_are_said() {
+    let lb = start_lb(&["-r", "re:PATHINFO:(?P<class>.*)", "127.0.0.1:1"]);
+    let line = lb.proc.wait_for("no request carries", T);
+    assert!(line.contains("WARN") && line.contains("PATHINFO"), "{line}");
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_resumelb"),
+        &["-r", "re:PATH_INFO:(?P<class>[a", "127.0.0.1:1"],
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unclosed character class"), "{err}");
+}

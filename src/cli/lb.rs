@@ -111,6 +111,9 @@ pub fn common_config(m: &Matches) -> Result<LbConfig, CliError> {
         .unwrap_or_else(|| "host".into())
         .parse()
         .map_err(|e: crate::classify::ClassifierError| CliError::Usage(e.to_string()))?;
+    if let Some(warning) = classifier.never_matches() {
+        log::warn!("{warning}");
+    }
     let disconnect_page = match m.opt_str("disconnect-message") {
         None => DEFAULT_DISCONNECT_PAGE.as_bytes().to_vec(),
         Some(p) => std::fs::read(&p)
