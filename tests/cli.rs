@@ -308,3 +308,16 @@ fn request_classifier_mistakes_are_said() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("unclosed character class"), "{err}");
 }
+
+/// A worker that accepts but never answers (SIGSTOPped, say): the tool
+/// says it timed out, not "Resource temporarily unavailable".
+#[test]
+fn get_worker_resume_says_it_timed_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let (code, _, err) = run(env!("CARGO_BIN_EXE_get-worker-resume"), &["-t", "1", &addr]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("timed out after 1 s"), "{err}");
+    assert!(!err.contains("temporarily unavailable"), "{err}");
+    drop(silent);
+}

@@ -37,7 +37,11 @@ pub fn options() -> Options {
 /// Read a worker's first résumé, answering its challenge with `secret`.
 pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<Resume, String> {
     let sa = resolve(addr).map_err(|e| e.to_string())?;
-    let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| e.to_string())?;
+    let timed_out = || format!("timed out after {} s", timeout.as_secs_f64());
+    let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => timed_out(),
+        _ => e.to_string(),
+    })?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
@@ -70,7 +74,7 @@ pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<R
         let n = match s.read(&mut chunk) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(format!("timed out after {} s", timeout.as_secs_f64()))
+                return Err(timed_out())
             }
             Err(e) => return Err(e.to_string()),
         };
