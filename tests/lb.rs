@@ -498,9 +498,9 @@ fn client_going_away_cancels_on_the_worker_and_access_log_records() {
     });
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text.lines().find(|l| l.contains("/ok")).unwrap();
-    // CLF, then duration and class.
+    // CLF, then duration and class (quoted).
     let re = regex::Regex::new(
-        r#"^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /ok\?x=1 HTTP/1\.1" 200 5 \d+\.\d{6} a\.com$"#,
+        r#"^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /ok\?x=1 HTTP/1\.1" 200 5 \d+\.\d{6} "a\.com"$"#,
     )
     .unwrap();
     assert!(re.is_match(line), "{line}");
@@ -544,4 +544,55 @@ fn changing_the_worker_set_never_opens_two_connections_to_one_address() {
     wait_until("the worker back", T, || get(addr, "x", "/1").status == 200);
     handle.send(Command::Stop);
     t.join().unwrap().unwrap();
+}
+
+/// Refused requests are in the access log too; a class with a space stays
+/// one quoted field; the duration runs until the client has the response.
+#[test]
+fn access_log_has_refused_requests_quoted_classes_and_delivery_time() {
+    let dir = TempDir::new("access");
+    let log = dir.path("access.log");
+    let w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let lb = lb_with(
+        &[&w],
+        &[
+            "-l",
+            log.to_str().unwrap(),
+            "-r",
+            "re:HTTP_X_CLASS:(?P<class>.+)",
+        ],
+    );
+    wait_joined(&lb, 1);
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let r = http(lb.addr, "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 400);
+    wait_until("the refused request's line", T, || {
+        lines().contains("\"-\" 400")
+    });
+
+    let r = http(
+        lb.addr,
+        "GET /q HTTP/1.1\r\nHost: x\r\nX-Class: two words\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    wait_until("the classed line", T, || lines().contains("/q"));
+    let text = lines();
+    let line = text.lines().find(|l| l.contains("/q")).unwrap();
+    assert!(line.ends_with(" \"two words\""), "{line}");
+
+    // 8 MiB to a client that waits 1.5 s before reading.
+    let mut c = HttpConn::connect(lb.addr);
+    c.send(b"GET /big?size=8388608 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = c.response(false).unwrap();
+    assert_eq!(r.body.len(), 8_388_608);
+    wait_until("the download's line", T, || lines().contains("/big"));
+    let text = lines();
+    let line = text.lines().find(|l| l.contains("/big")).unwrap();
+    let seconds: f64 = line.split_whitespace().nth(10).unwrap().parse().unwrap();
+    assert!(
+        seconds >= 1.5,
+        "logged {seconds} s for a 1.5 s download: {line}"
+    );
 }

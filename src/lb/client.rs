@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::access;
 use super::environ;
 use super::io::{Conn, Loop};
 use super::outbuf::OutBuf;
@@ -22,7 +23,6 @@ use crate::http::{reason, HttpError};
 use crate::proto::{
     encode_body, encode_end, encode_environ, Environ, ResponseHead, Rno, MAX_CHUNK,
 };
-use crate::util::time::clf_date;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Response bytes waiting for a client before its next request is read.
@@ -98,10 +98,31 @@ pub(super) struct Client {
     /// When the request head now arriving began: the whole head must come
     /// within the socket timeout, however slowly it trickles.
     head_started: Option<Instant>,
+    /// Access log lines waiting for their response to be sent.
+    log_lines: access::Pending,
 }
 
 fn rbuf_limit() -> usize {
     Limits::default().max_head + READ_CHUNK
+}
+
+/// An exchange's access log line (`logging`: the access log is on; else
+/// only what the metrics need is filled in).
+fn exchange_line(peer: SocketAddr, ex: &Exchange, status: u16, logging: bool) -> access::Line {
+    access::Line {
+        peer: peer.ip(),
+        wall: ex.wall,
+        request: logging.then(|| {
+            format!(
+                "{} {} HTTP/1.{}",
+                ex.head.method, ex.head.target, ex.head.minor
+            )
+        }),
+        status,
+        bytes: ex.sent_body,
+        class: ex.class.clone(),
+        started: ex.started,
+    }
 }
 
 /// Close with RST, so that even a close-delimited body reads as cut off.
@@ -156,6 +177,7 @@ impl Loop {
             last_read: now,
             last_write: now,
             head_started: None,
+            log_lines: access::Pending::default(),
         })));
         if !self.register_slot(slot, Interest::READABLE | Interest::WRITABLE) {
             return;
@@ -659,37 +681,33 @@ impl Loop {
         self.client_pull(cslot);
     }
 
-    /// An exchange ended: metrics and the access log.
+    /// An exchange ended: its metrics and access log line are written once
+    /// the client has its response (or the connection closes).
     fn access_line_for(&mut self, cslot: usize, ex: &Exchange, status: u16) {
-        let Some(peer) = self.client(cslot).map(|c| c.peer) else {
-            return;
-        };
-        self.log_exchange(&peer, ex, status);
+        let logging = self.cfg.access_log.is_enabled();
+        let Some(c) = self.client(cslot) else { return };
+        let line = exchange_line(c.peer, ex, status, logging);
+        let mark = c.out.pushed;
+        c.log_lines.push(mark, line);
+        self.write_delivered(cslot);
     }
 
-    fn log_exchange(&mut self, peer: &SocketAddr, ex: &Exchange, status: u16) {
-        let seconds = ex.started.elapsed().as_secs_f64();
-        self.metrics.observe(&ex.class, status, seconds);
-        if !self.cfg.access_log.is_enabled() {
-            return;
+    /// Write the lines of the responses the client has been sent.
+    fn write_delivered(&mut self, cslot: usize) {
+        let Some(c) = self.client(cslot) else { return };
+        let due = c.log_lines.due(c.out.written);
+        self.write_lines(due);
+    }
+
+    fn write_lines(&mut self, lines: Vec<access::Line>) {
+        let now = Instant::now();
+        for line in lines {
+            let seconds = now.saturating_duration_since(line.started).as_secs_f64();
+            self.metrics.observe(&line.class, line.status, seconds);
+            if self.cfg.access_log.is_enabled() {
+                self.cfg.access_log.line(line.text(now));
+            }
         }
-        let line = format!(
-            "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} {:.6} {}\n",
-            peer.ip(),
-            clf_date(ex.wall),
-            ex.head.method,
-            ex.head.target,
-            ex.head.minor,
-            status,
-            if ex.sent_body == 0 {
-                "-".to_string()
-            } else {
-                ex.sent_body.to_string()
-            },
-            seconds,
-            if ex.class.is_empty() { "-" } else { &ex.class },
-        );
-        self.cfg.access_log.line(line);
     }
 
     /// Refuse a request: the status, and close.
@@ -719,9 +737,27 @@ impl Loop {
         let _ = c.out.push(&bytes);
         c.close_after = true;
         c.rbuf.clear();
-        if let Some(mut ex) = ex {
-            ex.sent_body = if ask.head_only { 0 } else { body.len() as u64 };
-            self.access_line_for(cslot, &ex, status);
+        match ex {
+            Some(mut ex) => {
+                ex.sent_body = if ask.head_only { 0 } else { body.len() as u64 };
+                self.access_line_for(cslot, &ex, status);
+            }
+            None => {
+                // Refused before a head could be read (malformed, too
+                // large, too slow): logged all the same, request "-".
+                let line = access::Line {
+                    peer: c.peer.ip(),
+                    wall: SystemTime::now(),
+                    request: None,
+                    status,
+                    bytes: body.len() as u64,
+                    class: String::new(),
+                    started: c.head_started.unwrap_or(c.last_read),
+                };
+                let mark = c.out.pushed;
+                c.log_lines.push(mark, line);
+                self.write_delivered(cslot);
+            }
         }
         self.mark_dirty(cslot);
     }
@@ -757,12 +793,15 @@ impl Loop {
         self.counters.spilled_bytes += c.out.spilled;
         self.clients -= 1;
         self.maybe_resume_accepting();
+        let mut lines = c.log_lines.all();
         if let Some(ex) = ex {
             // Still counted and logged: with the status it had begun with,
             // or 499 (nginx's "client closed request") if none.
             let status = if ex.status == 0 { 499 } else { ex.status };
-            self.log_exchange(&c.peer, &ex, status);
+            let logging = self.cfg.access_log.is_enabled();
+            lines.push(exchange_line(c.peer, &ex, status, logging));
         }
+        self.write_lines(lines);
     }
 
     /// A response's spilled bytes cannot be read back: the client cannot
@@ -781,7 +820,9 @@ impl Loop {
             Ok(n) => {
                 if n > 0 {
                     c.last_write = Instant::now();
+                    self.write_delivered(slot);
                 }
+                let Some(c) = self.client(slot) else { return };
                 if c.out.is_empty() {
                     if c.close_after {
                         self.close_client(slot, "done");

@@ -12,6 +12,7 @@
 //! a temporary file kept by a spill thread (`spill`), so that a slow
 //! client never holds up a worker and the I/O thread never waits on disk.
 
+mod access;
 mod backend;
 mod client;
 pub mod environ;

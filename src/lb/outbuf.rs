@@ -29,6 +29,10 @@ pub struct OutBuf {
     spill: Option<Spill>,
     /// Bytes that went through a spill file, for metrics.
     pub spilled: u64,
+    /// Bytes pushed and bytes written since the start (for the access log:
+    /// a response is delivered once `written` passes its end).
+    pub pushed: u64,
+    pub written: u64,
 }
 
 impl OutBuf {
@@ -41,6 +45,8 @@ impl OutBuf {
             id,
             spill: None,
             spilled: 0,
+            pushed: 0,
+            written: 0,
         }
     }
 
@@ -61,6 +67,7 @@ impl OutBuf {
         if data.is_empty() {
             return Ok(());
         }
+        self.pushed += data.len() as u64;
         if self.spill.is_none() && self.mem.len() - self.pos + data.len() <= self.mem_cap {
             self.mem.extend_from_slice(data);
             return Ok(());
@@ -102,6 +109,7 @@ impl OutBuf {
                 Ok(n) => {
                     self.pos += n;
                     total += n;
+                    self.written += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
