@@ -220,6 +220,9 @@ fn matching_secret_lets_the_lb_in() {
     };
     assert_eq!(nonce.len(), 32);
     let key = resumelb::proto::auth::Secret::new(b"correct horse battery staple").unwrap();
+    // A keep-alive before the answer (an LB that waited for a late
+    // challenge) is no offence.
+    conn.send(&ToWorker::KeepAlive);
     conn.send(&ToWorker::Auth(key.mac(&nonce)));
     conn.greeting();
 

@@ -550,7 +550,14 @@ impl Loop {
                 ));
                 continue;
             }
-            if w.connected && w.unsent() == 0 && now.duration_since(w.last_write) >= keepalive {
+            // No keep-alive before the handshake is done: the worker takes
+            // nothing but the answer to its challenge until then.
+            let open = w.handshake == Handshake::Open;
+            if w.connected
+                && open
+                && w.unsent() == 0
+                && now.duration_since(w.last_write) >= keepalive
+            {
                 encode_null(w.out.buf(), 0);
                 to_flush.push(slot);
             }

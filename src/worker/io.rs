@@ -712,6 +712,9 @@ fn authenticate(conn: &mut LbConn, ctx: &mut Ctx, msg: ToWorker) -> Result<(), C
         return Ok(());
     };
     let why = match msg {
+        // An LB may keep the connection alive while it waits for the
+        // challenge (it was late); that is no answer, and no offence.
+        ToWorker::KeepAlive => return Ok(()),
         ToWorker::Auth(mac) if secret.verify(&challenge.nonce, &mac) => {
             conn.challenge = None;
             conn.out.buf().extend_from_slice(&ctx.resume_frame);
