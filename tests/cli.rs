@@ -321,3 +321,42 @@ fn get_worker_resume_says_it_timed_out() {
     assert!(!err.contains("temporarily unavailable"), "{err}");
     drop(silent);
 }
+
+/// A worker address with nothing listening, and one that speaks HTTP
+/// instead of the worker protocol: one warning each, saying so, however
+/// often the LB retries.
+#[test]
+fn misconfigured_worker_addresses_are_warned_about_once() {
+    use std::io::{Read, Write};
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in http.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let lb = start_lb(&["-L", "debug", &closed_addr, &http_addr]);
+    let count = |needle: &str| lb.proc.stderr().matches(needle).count();
+    let tries = |addr: &str| {
+        lb.proc
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("DEBUG") && l.contains(&format!("worker {addr}:")))
+            .count()
+    };
+    wait_until("three tries at each address", T, || {
+        tries(&closed_addr) >= 3 && tries(&http_addr) >= 3
+    });
+    let unreachable = format!("worker {closed_addr} cannot be reached");
+    assert_eq!(count(&unreachable), 1, "{}", lb.proc.stderr());
+    let not_a_worker = format!("no résumé from worker {http_addr}");
+    assert_eq!(count(&not_a_worker), 1, "{}", lb.proc.stderr());
+    assert!(lb.proc.stderr().contains("is it a resumelb worker?"));
+}

@@ -60,6 +60,8 @@ pub(super) struct WorkerConn {
     pub resume: crate::proto::Resume,
     pub hello: Option<Hello>,
     pub handshake: Handshake,
+    /// Refused by this LB (its warning is out): no other warning on close.
+    refused: bool,
     next_rno: Rno,
     pub inflight: HashMap<Rno, Inflight>,
     /// Requests whose body is still to be sent, in order.
@@ -117,7 +119,7 @@ impl Loop {
             let sa = match resolve(&addr) {
                 Ok(sa) => sa,
                 Err(e) => {
-                    log::warn!("worker {addr}: {e}");
+                    self.warn_worker(&addr, "unresolvable", &format!("worker {addr}: {e}"));
                     if let Some(a) = self.addrs.get_mut(&addr) {
                         a.retry_at = retry;
                     }
@@ -128,6 +130,11 @@ impl Loop {
                 Ok(s) => s,
                 Err(e) => {
                     log::debug!("worker {addr}: connect failed: {e}");
+                    let msg = format!(
+                        "worker {addr} cannot be reached (connect failed: {e}); \
+                         retrying about once a second"
+                    );
+                    self.warn_worker(&addr, "unreachable", &msg);
                     if let Some(a) = self.addrs.get_mut(&addr) {
                         a.retry_at = retry;
                     }
@@ -152,6 +159,7 @@ impl Loop {
                 } else {
                     Handshake::Open
                 },
+                refused: false,
                 next_rno: 0,
                 inflight: HashMap::new(),
                 sending: VecDeque::new(),
@@ -233,7 +241,11 @@ impl Loop {
                             .worker(slot)
                             .map(|w| w.addr.clone())
                             .unwrap_or_default();
-                        log::error!("protocol error from worker {addr}: {why}");
+                        // A worker that never joined is said once a minute
+                        // when it closes (it may not be a worker at all).
+                        if self.worker(slot).is_some_and(|w| w.joined) {
+                            log::error!("protocol error from worker {addr}: {why}");
+                        }
                         self.close_worker(slot, &format!("protocol error: {why}"));
                         return;
                     }
@@ -375,7 +387,7 @@ impl Loop {
             (_, Handshake::Answered, _) => {
                 w.handshake = Handshake::Open;
                 let addr = w.addr.clone();
-                self.handshake_log.forget(&addr);
+                self.worker_log.forget_if(|(a, _)| *a == addr);
                 return Ok(true);
             }
             _ => return Ok(true),
@@ -388,10 +400,26 @@ impl Loop {
     /// Refuse a worker that failed the shared-secret handshake: one warning
     /// a minute for each address (it is retried about once a second).
     fn handshake_failed(&mut self, slot: usize, addr: &str, why: &str) {
-        if let Some(n) = self.handshake_log.check(addr.to_string(), Instant::now()) {
-            log::warn!("worker {addr} {why}; refusing it{}", held_back(n));
+        self.warn_worker(
+            addr,
+            "handshake",
+            &format!("worker {addr} {why}; refusing it"),
+        );
+        if let Some(w) = self.worker(slot) {
+            w.refused = true;
         }
         self.close_worker(slot, "shared-secret handshake failed");
+    }
+
+    /// A warning about a worker address that the LB retries about once a
+    /// second: at most one a minute for each address and reason.
+    fn warn_worker(&mut self, addr: &str, reason: &'static str, msg: &str) {
+        if let Some(n) = self
+            .worker_log
+            .check((addr.to_string(), reason), Instant::now())
+        {
+            log::warn!("{msg}{}", held_back(n));
+        }
     }
 
     /// The client slot of a request in flight, if it is still there.
@@ -481,6 +509,19 @@ impl Loop {
             log::info!("worker {} disconnected: {why}", w.addr);
         } else {
             log::debug!("worker {}: {why}", w.addr);
+            if !w.refused && w.connected {
+                let msg = format!(
+                    "no résumé from worker {} ({why}): is it a resumelb worker?",
+                    w.addr
+                );
+                self.warn_worker(&w.addr, "no résumé", &msg);
+            } else if !w.refused {
+                let msg = format!(
+                    "worker {} cannot be reached ({why}); retrying about once a second",
+                    w.addr
+                );
+                self.warn_worker(&w.addr, "unreachable", &msg);
+            }
         }
         let wid = w.wid();
         let lost: Vec<(usize, u64)> = w
@@ -566,7 +607,8 @@ impl Loop {
             self.mark_dirty(slot);
         }
         for (slot, why) in to_close {
-            if let Some(w) = self.worker(slot) {
+            // A worker that never joined is warned about as it closes.
+            if let Some(w) = self.worker(slot).filter(|w| w.joined) {
                 log::warn!("worker {}: {why}", w.addr);
             }
             self.close_worker(slot, why);

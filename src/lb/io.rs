@@ -80,8 +80,10 @@ pub(super) struct Loop {
     /// Client connection id → slot (read-backs name the id).
     pub client_by_id: HashMap<u64, usize>,
     last_trim: Instant,
-    /// Failed handshakes, by worker address: one log line a minute each.
-    pub handshake_log: crate::util::ratelog::LogLimiter<String>,
+    /// Workers that cannot be reached, do not speak the protocol or fail
+    /// the handshake, by address and reason: one log line a minute each
+    /// (they are retried about once a second).
+    pub worker_log: crate::util::ratelog::LogLimiter<(String, &'static str)>,
     cmd_rx: Receiver<Command>,
     ticks: Receiver<()>,
     signals: Option<Receiver<SignalEvent>>,
@@ -168,9 +170,7 @@ impl Loop {
             spill_rx,
             client_by_id: HashMap::new(),
             last_trim: Instant::now(),
-            handshake_log: crate::util::ratelog::LogLimiter::new(std::time::Duration::from_secs(
-                60,
-            )),
+            worker_log: crate::util::ratelog::LogLimiter::new(std::time::Duration::from_secs(60)),
             cmd_rx,
             ticks,
             signals,
