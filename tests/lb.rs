@@ -596,3 +596,38 @@ fn access_log_has_refused_requests_quoted_classes_and_delivery_time() {
         "logged {seconds} s for a 1.5 s download: {line}"
     );
 }
+
+/// A worker that stops answering (SIGSTOP): the request gets 504 when the
+/// socket timeout runs out, not a retry that starts the wait again.
+#[test]
+fn a_stopped_worker_gives_504_within_the_socket_timeout() {
+    let w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let lb = lb_with(&[&w], &["-t", "2"]);
+    wait_joined(&lb, 1);
+    assert_eq!(get(lb.addr, "x", "/1").status, 200);
+    w.proc.signal("STOP");
+    let r = get(lb.addr, "x", "/2");
+    w.proc.signal("CONT");
+    assert_eq!(r.status, 504, "{:?}", String::from_utf8_lossy(&r.body));
+}
+
+/// Shutting down with a request waiting and no worker in the pool: 503 at
+/// once, not after the socket timeout.
+#[test]
+fn sigterm_answers_503_at_once_to_requests_waiting_for_no_worker() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let dir = TempDir::new("waiting");
+    let sock = dir.path("lb.sock");
+    let mut lb = start_lb(&["-t", "60", "-s", sock.to_str().unwrap(), &addr]);
+    let mut c = HttpConn::connect(lb.addr);
+    c.send(b"GET /w HTTP/1.1\r\nHost: x\r\n\r\n");
+    wait_until("the waiting request", T, || {
+        status(&sock)["waiting"].as_u64() == Some(1)
+    });
+    lb.proc.signal("TERM");
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(lb.proc.wait(T), Some(0));
+}

@@ -72,6 +72,9 @@ pub(super) struct Exchange {
     sent_body: u64,
     resp_body: BodyFramer,
     last_progress: Instant,
+    /// When it first went to the pool: until its response head goes out,
+    /// the socket timeout counts from here, whatever retries happen.
+    first_dispatch: Option<Instant>,
 }
 
 impl Exchange {
@@ -105,6 +108,11 @@ pub(super) struct Client {
 fn rbuf_limit() -> usize {
     Limits::default().max_head + READ_CHUNK
 }
+
+const NO_WORKER_AT_SHUTDOWN: HttpError = HttpError {
+    status: 503,
+    why: "no worker is available and the load balancer is shutting down",
+};
 
 /// An exchange's access log line (`logging`: the access log is on; else
 /// only what the metrics need is filled in).
@@ -304,6 +312,7 @@ impl Loop {
                         sent_body: 0,
                         resp_body: BodyFramer::new(Framing::None),
                         last_progress: now,
+                        first_dispatch: None,
                     });
                     self.mark_dirty(slot);
                 }
@@ -351,17 +360,33 @@ impl Loop {
 
     /// Send a complete request to a worker, or queue it until one comes.
     fn dispatch(&mut self, slot: usize) {
+        let stopping = self.stopping.is_some();
         let Some(c) = self.client(slot) else { return };
         let Some(ex) = c.ex.as_mut() else { return };
+        ex.first_dispatch.get_or_insert_with(Instant::now);
         let class = ex.class.clone();
         let id = c.id;
         match self.pick_worker(&class) {
             Some(wslot) => self.send_to(wslot, slot),
+            // Shutting down with no worker in the pool: none will come.
+            None if stopping => self.refuse(slot, NO_WORKER_AT_SHUTDOWN),
             None => {
                 if let Some(ex) = self.client(slot).and_then(|c| c.ex.as_mut()) {
                     ex.phase = Phase::Waiting(Instant::now());
                 }
                 self.waiting.push_back((slot, id));
+            }
+        }
+    }
+
+    /// Shutting down: requests waiting for a worker (there is none in the
+    /// pool, or they would not wait) get 503 at once.
+    pub(super) fn refuse_waiting(&mut self) {
+        while let Some((slot, id)) = self.waiting.pop_front() {
+            let waiting = matches!(self.conns.get(slot), Some(Conn::Client(c))
+                if c.id == id && c.ex.as_ref().is_some_and(|e| matches!(e.phase, Phase::Waiting(_))));
+            if waiting {
+                self.refuse(slot, NO_WORKER_AT_SHUTDOWN);
             }
         }
     }
@@ -878,12 +903,19 @@ impl Loop {
                         }
                     }
                     Phase::Waiting(since) => {
-                        if now.duration_since(since) >= limit {
+                        let from = ex.first_dispatch.unwrap_or(since);
+                        if now.saturating_duration_since(from) >= limit {
                             actions.push((slot, Timeout::Status(503)));
                         }
                     }
                     Phase::Forwarded { head_sent, .. } => {
-                        if now.duration_since(ex.last_progress) >= limit {
+                        // Before the head: counted from the first dispatch,
+                        // so retries cannot stretch it; after: progress.
+                        let from = match (head_sent, ex.first_dispatch) {
+                            (false, Some(t)) => t,
+                            _ => ex.last_progress,
+                        };
+                        if now.saturating_duration_since(from) >= limit {
                             actions.push((
                                 slot,
                                 if head_sent {

@@ -344,6 +344,7 @@ impl Loop {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.refuse_waiting();
         for slot in self.conns.keys() {
             if matches!(self.conns.get(slot), Some(Conn::Client(_))) {
                 self.client_stop(slot);
