@@ -536,3 +536,43 @@ fn allow_property_and_secret_through_zookeeper() {
     put(&zk, &path, r#"{"allow": ["10.0.0.0/8"]}"#);
     w.proc.wait_for("not in the new allowed list", T);
 }
+
+/// ZooKeeper away for a fixed 6 s: the LB and a worker each log a handful
+/// of lines (lost, still away, back), not the client library's every
+/// failed try (85,000 or more a second before).
+#[test]
+fn zookeeper_outage_logs_a_few_lines_not_a_flood() {
+    let mut own = OwnZk::new();
+    let zs = own.addr();
+    let zk = own.client();
+    let r = "/outage";
+    put(&zk, &format!("{r}/workers/providers"), "");
+    drop(zk);
+    let w = zk_worker(&zs, &format!("{r}/workers"), &[]);
+    let lb = zk_lb(&zs, r, &[]);
+    lb.proc.wait_for("joined", T);
+    let lines = |p: &Proc| p.lines.lock().unwrap().len();
+    let (lb_before, w_before) = (lines(&lb.proc), lines(&w.proc));
+
+    own.stop();
+    std::thread::sleep(Duration::from_secs(6));
+    let (lb_during, w_during) = (lines(&lb.proc) - lb_before, lines(&w.proc) - w_before);
+    own.start();
+    lb.proc.wait_for("ZooKeeper connection back", T);
+
+    assert!(
+        lb_during <= 5,
+        "LB: {lb_during} lines:\n{}",
+        lb.proc.stderr()
+    );
+    assert!(
+        w_during <= 5,
+        "worker: {w_during} lines:\n{}",
+        w.proc.stderr()
+    );
+    assert!(
+        !lb.proc.stderr().contains("zookeeper::io"),
+        "{}",
+        lb.proc.stderr()
+    );
+}

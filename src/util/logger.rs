@@ -14,10 +14,14 @@ struct StderrLogger {
 
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        // The ZooKeeper client chatters at info; keep it to warnings unless
+        // The ZooKeeper client logs every failed try, at error, while a
+        // server is away; src/zk says what matters (lost, still away, back)
+        // at a pace an operator can read. Its own lines show only when
         // debugging.
-        if metadata.target().starts_with("zookeeper") && log::max_level() < LevelFilter::Debug {
-            return metadata.level() <= log::Level::Warn;
+        if metadata.target().starts_with("zookeeper") {
+            // (The level in force is log's maximum; `level` stays at Trace
+            // so that it can be changed after start-up.)
+            return log::max_level() >= LevelFilter::Debug;
         }
         metadata.level() <= self.level
     }

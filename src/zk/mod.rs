@@ -227,9 +227,49 @@ enum SessionEnd {
     Retry,
 }
 
+/// Failed tries to reach ZooKeeper, for one line when it is lost and one
+/// every [`AWAY_LOG_INTERVAL`] while it stays away.
+#[derive(Default)]
+struct Away {
+    tries: u32,
+    last_line: Option<Instant>,
+}
+
+/// While ZooKeeper stays away: one line this often at most.
+const AWAY_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Away {
+    /// A try failed: log if it is the first or the interval has passed.
+    fn failed(&mut self, connect: &str) {
+        self.tries += 1;
+        let due = self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= AWAY_LOG_INTERVAL);
+        if due {
+            self.last_line = Some(Instant::now());
+            log::error!(
+                "cannot reach ZooKeeper at {connect} (failed tries so far: {}); still trying \
+                 (serving with what is known)",
+                self.tries
+            );
+        }
+    }
+
+    /// Connected: say so if it had been away.
+    fn back(&mut self, connect: &str) {
+        if self.tries > 0 {
+            log::info!(
+                "connected to ZooKeeper at {connect} (failed tries before: {})",
+                self.tries
+            );
+        }
+        *self = Away::default();
+    }
+}
+
 fn run(spec: AgentSpec, cmds: Receiver<Cmd>, on_update: impl Fn(Update)) {
     let mut last = (None, None);
-    let mut failures = 0u32;
+    let mut failures = Away::default();
     loop {
         match session(&spec, &cmds, &on_update, &mut last, &mut failures) {
             SessionEnd::Done => return,
@@ -248,7 +288,7 @@ fn session(
     cmds: &Receiver<Cmd>,
     on_update: &impl Fn(Update),
     last: &mut Snapshot,
-    failures: &mut u32,
+    failures: &mut Away,
 ) -> SessionEnd {
     let (tx, rx) = unbounded::<Ev>();
     let stx = tx.clone();
@@ -267,7 +307,8 @@ fn session(
     ) {
         Ok(zk) => Arc::new(zk),
         Err(e) => {
-            log::error!("cannot use ZooKeeper at {}: {e:?}; retrying", spec.connect);
+            log::debug!("cannot use ZooKeeper at {}: {e:?}", spec.connect);
+            failures.failed(&spec.connect);
             return SessionEnd::Retry;
         }
     };
@@ -284,13 +325,7 @@ fn session(
     });
     // The first request waits for the session: answered in time, we are in.
     if !matches!(timed(&zk, |zk| zk.exists("/", false)), Some(Ok(_))) {
-        *failures += 1;
-        if *failures == 1 || *failures % 12 == 0 {
-            log::error!(
-                "cannot reach ZooKeeper at {}; still trying (serving with what is known)",
-                spec.connect
-            );
-        }
+        failures.failed(&spec.connect);
         abandon(zk);
         if let Ok(Cmd::Deregister(ack)) = cmds.try_recv() {
             let _ = ack.send(());
@@ -298,10 +333,7 @@ fn session(
         }
         return SessionEnd::Retry;
     }
-    if *failures > 0 {
-        log::info!("connected to ZooKeeper at {}", spec.connect);
-        *failures = 0;
-    }
+    failures.back(&spec.connect);
     let regs = spec.registrations.clone();
     match timed(&zk, move |zk| register(zk, &regs)) {
         Some(Ok(())) => {}
