@@ -128,21 +128,36 @@ fn nagios_plugin_reports_each_state() {
     let lb = start_lb(&["-s", s, &w.addr.to_string()]);
     lb.proc.wait_for("joined", T);
 
-    let (code, text) = nagios(&["-w", "1", "-W", "1", s]);
+    // The number of workers alerts at or below its thresholds.
+    let (code, text) = nagios(&["-w", "0", "-W", "0", s]);
     assert_eq!(code, 0, "{text}");
     assert!(text.starts_with("RESUMELB OK - 1 workers"), "{text}");
     assert!(
-        text.contains("| 'workers'=1;1;1;0 'mean_backlog'=0.00;;;0"),
+        text.contains("| 'workers'=1;@~:0;@~:0;0 'mean_backlog'=0.00;;;0"),
         "{text}"
     );
-    let (code, text) = nagios(&["-w", "2", s]);
+    let (code, text) = nagios(&["-w", "1", s]);
     assert_eq!(code, 1, "{text}");
     assert!(
-        text.starts_with("RESUMELB WARNING - 1 workers < 2"),
+        text.starts_with("RESUMELB WARNING - 1 workers <= 1"),
         "{text}"
     );
-    let (code, _) = nagios(&["-w", "2", "-W", "2", s]);
+    let (code, _) = nagios(&["-w", "2", "-W", "1", s]);
     assert_eq!(code, 2);
+    // The original plugin's option names work too.
+    let (code, text) = nagios(&["--minimum-worker-warn", "1", s]);
+    assert_eq!(code, 1, "{text}");
+    // Thresholds that make no sense are UNKNOWN, not a false alarm.
+    for args in [
+        &["-b", "NaN"][..],
+        &["-x", "-1"][..],
+        &["-x", "5", "-X", "2"][..],
+    ] {
+        let mut a = args.to_vec();
+        a.push(s);
+        let (code, text) = nagios(&a);
+        assert_eq!(code, 3, "{args:?}: {text}");
+    }
 
     // A request in flight: backlog and age thresholds.
     let mut slow = HttpConn::connect(lb.addr);
@@ -150,13 +165,12 @@ fn nagios_plugin_reports_each_state() {
     wait_until("the request in flight", T, || {
         status(&sock)["backlog"].as_i64() == Some(1)
     });
-    let (code, text) = nagios(&["-x", "0", "-X", "5", s]);
+    let (code, text) = nagios(&["-x", "1", "-X", "5", s]);
     assert_eq!(code, 1, "{text}");
-    let (code, text) = nagios(&["-x", "0", "-X", "0", s]);
+    let (code, text) = nagios(&["-x", "1", "-X", "1", s]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("'max_backlog'=1;0;0;0"), "{text}");
-    std::thread::sleep(Duration::from_millis(1500));
-    let (code, text) = nagios(&["-a", "100", "-A", "0", s]);
+    assert!(text.contains("'max_backlog'=1;@1:;@1:;0"), "{text}");
+    let (code, text) = nagios(&["-a", "0", "-A", "0", s]);
     assert_eq!(code, 2, "{text}");
     assert_eq!(slow.response(false).unwrap().status, 200);
 
