@@ -360,3 +360,17 @@ fn misconfigured_worker_addresses_are_warned_about_once() {
     assert_eq!(count(&not_a_worker), 1, "{}", lb.proc.stderr());
     assert!(lb.proc.stderr().contains("is it a resumelb worker?"));
 }
+
+/// `-L` takes what the man pages list: names with `off`, 0-5 and 10-50.
+#[test]
+fn log_levels_out_of_range_are_refused() {
+    let lb = env!("CARGO_BIN_EXE_resumelb");
+    for level in ["6", "51", "loud"] {
+        let (code, _, err) = run(lb, &["-L", level, "127.0.0.1:1"]);
+        assert_eq!(code, Some(2), "-L {level}: {err}");
+        assert!(err.contains("bad log level"), "{err}");
+    }
+    let (code, out, _) = run(lb, &["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("trace, off, or a number 0-5 or 10-50"), "{out}");
+}

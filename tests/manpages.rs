@@ -5,10 +5,18 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 fn help_options(bin: &str) -> BTreeSet<String> {
+    help_order(bin).into_iter().collect()
+}
+
+/// The options of `--help`, in the order it lists them.
+fn help_order(bin: &str) -> Vec<String> {
     let out = Command::new(bin).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut opts = BTreeSet::new();
+    for line in text.lines() {
+        assert_eq!(line, line.trim_end(), "{bin} --help: trailing space");
+    }
+    let mut opts: Vec<String> = Vec::new();
     for line in text.lines() {
         let t = line.trim_start();
         if !t.starts_with('-') {
@@ -18,7 +26,9 @@ fn help_options(bin: &str) -> BTreeSet<String> {
         for word in t.split_whitespace() {
             let w = word.trim_end_matches(',');
             if w.starts_with("--") || (w.len() == 2 && w.starts_with('-')) {
-                opts.insert(w.to_string());
+                if !opts.iter().any(|o| o == w) {
+                    opts.push(w.to_string());
+                }
             } else {
                 break;
             }
@@ -40,8 +50,13 @@ fn page_text(name: &str) -> String {
 
 /// Options named in the OPTIONS section of a page.
 fn page_options(text: &str) -> BTreeSet<String> {
+    page_order(text).into_iter().collect()
+}
+
+/// The options of a page's OPTIONS section, in the order it lists them.
+fn page_order(text: &str) -> Vec<String> {
     let mut in_options = false;
-    let mut opts = BTreeSet::new();
+    let mut opts: Vec<String> = Vec::new();
     let mut prev_tp = false;
     for line in text.lines() {
         if line.starts_with(".SH") {
@@ -57,10 +72,11 @@ fn page_options(text: &str) -> BTreeSet<String> {
         }
         if prev_tp {
             for word in line.split(|c: char| c.is_whitespace() || c == '"' || c == ',') {
-                if word.starts_with("--")
-                    || (word.len() == 2 && word.starts_with('-') && word != "--")
+                if (word.starts_with("--")
+                    || (word.len() == 2 && word.starts_with('-') && word != "--"))
+                    && !opts.iter().any(|o| o == word)
                 {
-                    opts.insert(word.to_string());
+                    opts.push(word.to_string());
                 }
             }
         }
@@ -74,6 +90,13 @@ fn check(bin: &str, page: &str) {
     let text = page_text(page);
     let documented = page_options(&text);
     assert!(accepted.len() >= 3, "{bin}: parsed no options from --help");
+    // --help lists the options in the page's order (its groups, -h and -V
+    // last), so that an operator finds them where the page has them.
+    assert_eq!(
+        help_order(bin),
+        page_order(&text),
+        "{bin}: --help and {page} differ in order"
+    );
     let missing: Vec<_> = accepted.difference(&documented).collect();
     assert!(missing.is_empty(), "{page} does not document {missing:?}");
     let unknown: Vec<_> = documented.difference(&accepted).collect();

@@ -35,7 +35,7 @@ pub fn common_options(o: &mut Options) {
     o.optopt(
         "L",
         "logger-configuration",
-        "log level: error, warn, info, debug, trace, or a number (default info)",
+        "log level: error, warn, info (default), debug, trace, off, or a number 0-5 or 10-50",
         "LEVEL",
     );
     o.optopt("r", "request-classifier", "how to find a request's class: host, or re:NAME:REGEX with a (?P<class>...) group (default host)", "SPEC");
@@ -76,7 +76,6 @@ pub fn common_options(o: &mut Options) {
         "answer workers' challenges with the shared secret in PATH; refuse workers without one",
         "PATH",
     );
-    standard_options(o);
 }
 
 pub fn options() -> Options {
@@ -100,6 +99,7 @@ pub fn options() -> Options {
         "score given to a worker for a class it has no résumé entry for (default 1.0)",
         "X",
     );
+    standard_options(&mut o);
     o
 }
 

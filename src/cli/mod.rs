@@ -107,7 +107,7 @@ pub fn parse(
         .parse(args)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     if m.opt_present("h") {
-        print!("{}", opts.usage(&format!("Usage: {name} {synopsis}")));
+        print!("{}", help_text(opts, &format!("Usage: {name} {synopsis}")));
         return Ok(None);
     }
     // `--version` with a value is the worker's version (ZooKeeper), not a
@@ -120,6 +120,16 @@ pub fn parse(
 }
 
 /// Add `-h/--help` and `-V/--version`.
+/// `--help`: getopts' usage text without the trailing spaces it leaves
+/// after a long option name.
+pub fn help_text(opts: &Options, brief: &str) -> String {
+    opts.usage(brief)
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// `-h` and `-V`, which every command has, last in its help.
 pub fn standard_options(opts: &mut Options) {
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");

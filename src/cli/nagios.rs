@@ -298,7 +298,10 @@ pub fn main() -> ExitCode {
         Err(e) => return unknown(&e.to_string()),
     };
     if m.opt_present("h") {
-        print!("{}", opts.usage(&format!("Usage: {NAME} [options] SOCKET")));
+        print!(
+            "{}",
+            super::help_text(&opts, &format!("Usage: {NAME} [options] SOCKET"))
+        );
         return ExitCode::SUCCESS;
     }
     if m.opt_present("V") {

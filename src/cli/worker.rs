@@ -93,7 +93,7 @@ pub fn options() -> Options {
     o.optopt(
         "L",
         "logger-configuration",
-        "log level: error, warn, info, debug, trace, or a number (default info)",
+        "log level: error, warn, info (default), debug, trace, off, or a number 0-5 or 10-50",
         "LEVEL",
     );
     o.optopt(

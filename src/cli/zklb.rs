@@ -26,6 +26,7 @@ pub fn options() -> Options {
         "single-version",
         "serve only the workers of one version at a time (their registered version property)",
     );
+    super::standard_options(&mut o);
     o
 }
 

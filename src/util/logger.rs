@@ -51,19 +51,23 @@ impl Log for StderrLogger {
 /// as zc.resumelb took.
 pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
     if let Ok(n) = s.trim().parse::<u32>() {
-        return Ok(match n {
-            0 => LevelFilter::Off,
-            1 => LevelFilter::Error,
-            2 => LevelFilter::Warn,
-            3 => LevelFilter::Info,
-            4 => LevelFilter::Debug,
-            5..=9 => LevelFilter::Trace,
-            10..=19 => LevelFilter::Debug,
-            20..=29 => LevelFilter::Info,
-            30..=39 => LevelFilter::Warn,
-            40..=49 => LevelFilter::Error,
-            _ => LevelFilter::Off,
-        });
+        return match n {
+            0 => Ok(LevelFilter::Off),
+            1 => Ok(LevelFilter::Error),
+            2 => Ok(LevelFilter::Warn),
+            3 => Ok(LevelFilter::Info),
+            4 => Ok(LevelFilter::Debug),
+            5 => Ok(LevelFilter::Trace),
+            // Python's levels: DEBUG 10, INFO 20, WARNING 30, ERROR 40,
+            // CRITICAL 50 (errors are what we log at that level).
+            10..=19 => Ok(LevelFilter::Debug),
+            20..=29 => Ok(LevelFilter::Info),
+            30..=39 => Ok(LevelFilter::Warn),
+            40..=50 => Ok(LevelFilter::Error),
+            _ => Err(format!(
+                "bad log level {s:?} (a number must be 0 to 5, or Python's 10 to 50)"
+            )),
+        };
     }
     match s.trim().to_ascii_lowercase().as_str() {
         "warning" => Ok(LevelFilter::Warn),
@@ -97,5 +101,12 @@ mod tests {
         assert_eq!(parse_level("40"), Ok(LevelFilter::Error));
         assert_eq!(parse_level("4"), Ok(LevelFilter::Debug));
         assert!(parse_level("loud").is_err());
+        assert_eq!(parse_level("0"), Ok(LevelFilter::Off));
+        assert_eq!(parse_level("5"), Ok(LevelFilter::Trace));
+        assert_eq!(parse_level("50"), Ok(LevelFilter::Error));
+        assert_eq!(parse_level("off"), Ok(LevelFilter::Off));
+        for out_of_range in ["6", "9", "51", "99"] {
+            assert!(parse_level(out_of_range).is_err(), "{out_of_range}");
+        }
     }
 }
