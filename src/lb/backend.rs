@@ -509,13 +509,16 @@ impl Loop {
             log::info!("worker {} disconnected: {why}", w.addr);
         } else {
             log::debug!("worker {}: {why}", w.addr);
-            if !w.refused && w.connected {
+            // Not when this LB closes it (shutting down, or the worker is no
+            // longer listed), nor after a refusal, which said why already.
+            let warn = !w.refused && !w.unlisted && self.stopping.is_none();
+            if warn && w.connected {
                 let msg = format!(
                     "no résumé from worker {} ({why}): is it a resumelb worker?",
                     w.addr
                 );
                 self.warn_worker(&w.addr, "no résumé", &msg);
-            } else if !w.refused {
+            } else if warn {
                 let msg = format!(
                     "worker {} cannot be reached ({why}); retrying about once a second",
                     w.addr
