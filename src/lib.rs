@@ -11,6 +11,7 @@ pub mod cli;
 pub mod http;
 pub mod lb;
 pub mod loadgen;
+pub(crate) mod net;
 pub mod pool;
 pub mod proto;
 pub mod resume;

@@ -4,7 +4,6 @@
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
@@ -130,24 +129,6 @@ fn exchange_line(peer: SocketAddr, ex: &Exchange, status: u16, logging: bool) ->
         bytes: ex.sent_body,
         class: ex.class.clone(),
         started: ex.started,
-    }
-}
-
-/// Close with RST, so that even a close-delimited body reads as cut off.
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a descriptor we own, with a correctly sized value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
     }
 }
 
@@ -813,7 +794,7 @@ impl Loop {
         }
         let _ = self.poll.registry().deregister(&mut c.stream);
         if c.reset {
-            set_linger_zero(&c.stream);
+            crate::util::net::set_linger_zero(&c.stream);
         }
         self.counters.spilled_bytes += c.out.spilled;
         self.clients -= 1;

@@ -64,25 +64,7 @@ impl Secret {
 /// A fresh random nonce from the kernel.
 pub fn nonce() -> io::Result<[u8; NONCE_LEN]> {
     let mut buf = [0u8; NONCE_LEN];
-    let mut filled = 0;
-    while filled < NONCE_LEN {
-        // SAFETY: writes at most the given length into our buffer.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast::<libc::c_void>(),
-                NONCE_LEN - filled,
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
-        }
-        filled += n as usize;
-    }
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
     Ok(buf)
 }
 

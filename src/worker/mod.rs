@@ -7,6 +7,7 @@
 //! to, a signal thread.
 
 pub mod app;
+mod bodies;
 pub mod demo;
 mod io;
 mod shared;
@@ -207,10 +208,10 @@ impl Worker {
             ctl_tx,
             waker.clone(),
             config.resume_file.clone(),
-            Duration::from_millis(250).min(config.keepalive),
         )?;
         // Kept to ask for a last save at shutdown.
         let timer_tx = timer.0;
+        let bodies = bodies::BodyIo::start(jobs_tx.clone(), shared.clone())?;
         let _app_threads = threads::spawn(threads, app, jobs_rx, shared)?;
         let signals = if config.handle_signals {
             Some(crate::util::signals::spawn(waker.clone())?)
@@ -241,14 +242,17 @@ impl Worker {
                 allow: config.allow.clone(),
             },
             jobs_tx,
-            out_rx,
-            ctl_rx,
-            cmd.1,
-            signals,
+            bodies,
+            io::Inputs {
+                out: out_rx,
+                ctl: ctl_rx,
+                cmd: cmd.1,
+                signals,
+                wake_pending,
+            },
             trace.clone(),
             &resume,
             hello,
-            wake_pending,
         )?;
         if let Some(allow) = &config.allow {
             log::info!("connections allowed from {allow}");

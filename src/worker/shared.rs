@@ -102,7 +102,6 @@ pub(crate) enum TimerMsg {
 /// Messages from the timer thread to the I/O thread.
 pub(crate) enum Ctl {
     Publish(Resume),
-    Tick,
 }
 
 /// Channels every app thread holds.

@@ -1,13 +1,12 @@
 //! The worker's timer thread: owns the résumé tracker, folds in samples
 //! from the app threads, publishes résumés (to the I/O thread and the résumé
-//! file) and ticks the I/O thread for keep-alives.
+//! file).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::shared::{Ctl, TimerMsg};
 use crate::resume::{save_file, Tracker};
@@ -18,16 +17,13 @@ pub(crate) fn spawn(
     ctl: Sender<Ctl>,
     waker: Arc<mio::Waker>,
     resume_file: Option<PathBuf>,
-    tick: Duration,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("timer".into())
         .spawn(move || {
-            let mut next_tick = Instant::now() + tick;
-            loop {
-                let wait = next_tick.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(TimerMsg::Sample(class, elapsed)) => {
+            for msg in rx {
+                match msg {
+                    TimerMsg::Sample(class, elapsed) => {
                         if let Some(resume) = tracker.record(&class, elapsed) {
                             if let Some(path) = &resume_file {
                                 if let Err(e) = save_file(path, &resume) {
@@ -40,7 +36,7 @@ pub(crate) fn spawn(
                             let _ = waker.wake();
                         }
                     }
-                    Ok(TimerMsg::Save(done)) => {
+                    TimerMsg::Save(done) => {
                         // What was learnt since the last publish is kept too.
                         if let Some(path) = &resume_file {
                             if tracker.generation() > 0 {
@@ -55,7 +51,7 @@ pub(crate) fn spawn(
                         }
                         let _ = done.send(());
                     }
-                    Ok(TimerMsg::Settings(s)) => {
+                    TimerMsg::Settings(s) => {
                         log::info!(
                             "résumé settings: history {}, max_skill_age {}",
                             s.history,
@@ -63,14 +59,6 @@ pub(crate) fn spawn(
                         );
                         tracker.update_settings(s);
                     }
-                    Err(RecvTimeoutError::Timeout) => {
-                        next_tick = Instant::now() + tick;
-                        if ctl.send(Ctl::Tick).is_err() {
-                            return;
-                        }
-                        let _ = waker.wake();
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
         })

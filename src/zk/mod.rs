@@ -470,25 +470,11 @@ pub fn registration_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
 /// Non-loopback IPv4 addresses of this machine.
 fn local_ipv4() -> Vec<IpAddr> {
     let mut out = Vec::new();
-    // SAFETY: getifaddrs fills a list we walk read-only and free once.
-    unsafe {
-        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut ifap) != 0 {
-            return out;
+    for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+        let ip = iface.ip();
+        if ip.is_ipv4() && !ip.is_loopback() && !out.contains(&ip) {
+            out.push(ip);
         }
-        let mut cur = ifap;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
-                let sin = addr as *const libc::sockaddr_in;
-                let ip = std::net::Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
-                if !ip.is_loopback() && !out.contains(&IpAddr::V4(ip)) {
-                    out.push(IpAddr::V4(ip));
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(ifap);
     }
     out
 }

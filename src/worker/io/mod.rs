@@ -1,0 +1,441 @@
+//! The worker's I/O thread: one `mio::Poll` owning the listener and every
+//! LB connection (`conn`). It hands complete requests to the app threads,
+//! writes the response frames they send back, publishes résumés, and shuts
+//! down by draining. Built on the shared loop core (`crate::net`).
+
+mod conn;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slotmap::{Key, KeyData, SlotMap};
+
+use super::bodies::BodyIo;
+use super::shared::{Ctl, Job, Out};
+use super::Command;
+use crate::net::{
+    conn_token, read_chunk, readable, token_conn, Accepted, Acceptor, Chunk, Deadlines, DirtySet,
+    StopVerdict, Stops, ACCEPT_RETRY,
+};
+use crate::proto::{encode_drain, encode_resume, Resume};
+use crate::tracelog::TraceLog;
+use crate::util::allow::AllowList;
+use crate::util::signals::SignalEvent;
+
+pub(crate) use conn::IoConfig;
+use conn::{Ctx, LbConn};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const CONN: u8 = 1;
+
+/// How long a draining worker waits for stray requests after the last
+/// frame from its LBs.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+slotmap::new_key_type! { struct ConnKey; }
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    Conn(ConnKey),
+    /// Accepting paused after a failure: try again.
+    Accept,
+    /// Draining: see whether all is quiet, or the time is up.
+    Drain,
+}
+
+/// The channels the I/O thread reads.
+pub(crate) struct Inputs {
+    pub out: Receiver<Out>,
+    pub ctl: Receiver<Ctl>,
+    pub cmd: Receiver<Command>,
+    pub signals: Option<Receiver<SignalEvent>>,
+    /// Set by app threads that woke us; cleared before draining their
+    /// channel.
+    pub wake_pending: Arc<AtomicBool>,
+}
+
+pub(crate) struct IoLoop {
+    poll: Poll,
+    acceptor: Acceptor,
+    conns: SlotMap<ConnKey, LbConn>,
+    /// Trace numbers in use (a new connection takes the smallest free one).
+    trace_nos: BTreeSet<u32>,
+    inputs: Inputs,
+    dirty: DirtySet<ConnKey>,
+    deadlines: Deadlines<Due>,
+    draining: Option<Instant>,
+    ctx: Ctx,
+}
+
+impl IoLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        poll: Poll,
+        listener: TcpListener,
+        cfg: IoConfig,
+        jobs: Sender<Job>,
+        bodies: BodyIo,
+        inputs: Inputs,
+        trace: TraceLog,
+        resume: &Resume,
+        hello_frame: Vec<u8>,
+    ) -> io::Result<IoLoop> {
+        let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
+        let mut resume_frame = Vec::new();
+        encode_resume(&mut resume_frame, resume).map_err(io::Error::other)?;
+        Ok(IoLoop {
+            poll,
+            acceptor,
+            conns: SlotMap::with_key(),
+            trace_nos: BTreeSet::new(),
+            inputs,
+            dirty: DirtySet::default(),
+            deadlines: Deadlines::default(),
+            draining: None,
+            ctx: Ctx::new(cfg, jobs, bodies, trace, resume_frame, hello_frame),
+        })
+    }
+
+    /// Run until shut down.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self
+                .deadlines
+                .timeout(Instant::now(), Duration::from_secs(1));
+            crate::net::poll(&mut self.poll, &mut events, timeout)?;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    t => {
+                        let Some((_, key)) = token_conn(t) else {
+                            continue;
+                        };
+                        let key = ConnKey::from(key);
+                        if readable(event) {
+                            self.read(key);
+                        }
+                        if event.is_writable() {
+                            self.dirty.mark(key);
+                        }
+                    }
+                }
+            }
+            if self.take_inputs() == StopVerdict::Exit {
+                // Requests in flight are cut off, and the exit status says so.
+                let cut = self.ctx.busy + self.conns.values().map(LbConn::receiving).sum::<usize>();
+                self.close_all();
+                return crate::net::stopped_at_once(cut);
+            }
+            self.run_deadlines();
+            self.flush_dirty();
+            self.maybe_unpause();
+            if self.drained() {
+                self.close_all();
+                return Ok(());
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (stream, peer) = match self.acceptor.accept() {
+                Accepted::Conn(s, p) => (s, p),
+                Accepted::Empty => return,
+                Accepted::Failed(e) => {
+                    // Out of descriptors and the like: pause, try again soon
+                    // (edge-triggered: no new event would come).
+                    log::error!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    self.acceptor.pause(self.poll.registry());
+                    self.deadlines
+                        .push(Instant::now() + ACCEPT_RETRY, Due::Accept);
+                    return;
+                }
+            };
+            if let Some(allow) = &self.ctx.cfg.allow {
+                if !allow.permits(peer.ip()) {
+                    drop(stream);
+                    self.ctx.refused(peer, "connection refused: not in --allow");
+                    continue;
+                }
+            }
+            let _ = stream.set_nodelay(true);
+            let trace_no = (1..)
+                .find(|n| !self.trace_nos.contains(n))
+                .unwrap_or(u32::MAX);
+            let ctx = &self.ctx;
+            let key = self.conns.try_insert_with_key(|key| {
+                LbConn::new(stream, peer, key.data().as_ffi(), trace_no, ctx).ok_or(())
+            });
+            let Ok(key) = key else { continue };
+            let conn = &mut self.conns[key];
+            if let Err(e) = self.poll.registry().register(
+                &mut conn.stream,
+                conn_token(CONN, key.data()),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::error!("cannot register connection from {peer}: {e}");
+                self.conns.remove(key);
+                continue;
+            }
+            self.trace_nos.insert(trace_no);
+            if self.ctx.cfg.secret.is_some() {
+                // Logged at info once it answers (a peer without the secret
+                // may retry every second).
+                log::debug!("LB connected from {peer}: challenge sent");
+            } else {
+                log::info!("LB connected from {peer} (connection {trace_no})");
+            }
+            self.arm(key);
+            self.dirty.mark(key);
+        }
+    }
+
+    /// Take frames already read (held back by a pause), then what the
+    /// socket has, until it is empty or reading pauses.
+    fn read(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut outcome = if conn.rbuf.is_empty() {
+            Ok(())
+        } else {
+            conn.take_frames(&mut self.ctx)
+        };
+        while outcome.is_ok() && !self.ctx.paused {
+            outcome = match read_chunk(&mut conn.stream, &mut conn.rbuf) {
+                Chunk::Data => conn.take_frames(&mut self.ctx),
+                Chunk::Empty => break,
+                Chunk::Closed => Err("closed by the LB".to_string()),
+                Chunk::Failed(e) => Err(e.to_string()),
+            };
+        }
+        match outcome {
+            Ok(()) if !conn.idle_output() => self.dirty.mark(key),
+            Ok(()) => {}
+            Err(why) => self.close(key, &why),
+        }
+    }
+
+    fn close(&mut self, key: ConnKey, why: &str) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.trace_nos.remove(&conn.trace_no);
+        conn.closed(&self.ctx, why);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().collect();
+        for key in keys {
+            self.flush(key);
+            self.close(key, "worker shutting down");
+        }
+    }
+
+    /// Messages from the other threads, and what stop requests among them
+    /// ask for.
+    fn take_inputs(&mut self) -> StopVerdict {
+        // Cleared first: a message sent after this wakes us again.
+        self.inputs.wake_pending.store(false, Ordering::Release);
+        while let Ok(out) = self.inputs.out.try_recv() {
+            self.on_out(out);
+        }
+        while let Ok(Ctl::Publish(resume)) = self.inputs.ctl.try_recv() {
+            self.publish(&resume);
+        }
+        let mut stops = Stops::default();
+        while let Ok(cmd) = self.inputs.cmd.try_recv() {
+            match cmd {
+                Command::Stop => stops.graceful(),
+                Command::StopNow => stops.at_once(),
+                Command::Reopen => self.ctx.trace.reopen(),
+                Command::Allow(allow) => self.set_allow(allow),
+            }
+        }
+        let trace = &self.ctx.trace;
+        stops.take_signals(self.inputs.signals.as_ref(), || trace.reopen());
+        let verdict = stops.verdict(self.draining.is_some());
+        if verdict == StopVerdict::Start {
+            self.start_drain();
+        }
+        verdict
+    }
+
+    /// A new list of peers that may connect; connections from peers no
+    /// longer on it are closed.
+    fn set_allow(&mut self, allow: Option<AllowList>) {
+        match &allow {
+            Some(a) => log::info!("connections allowed from {a}"),
+            None => log::info!("connections allowed from any address"),
+        }
+        if let Some(a) = &allow {
+            let refused: Vec<(ConnKey, std::net::SocketAddr)> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !a.permits(c.peer.ip()))
+                .map(|(k, c)| (k, c.peer))
+                .collect();
+            for (key, peer) in refused {
+                log::warn!("LB {peer} is not in the new allowed list; closing");
+                self.close(key, "not in the allowed list any more");
+            }
+        }
+        self.ctx.cfg.allow = allow;
+    }
+
+    fn start_drain(&mut self) {
+        log::info!(
+            "shutting down: draining {} LB connection(s), {} request(s) in flight",
+            self.conns.len(),
+            self.ctx.busy
+        );
+        self.acceptor.close(self.poll.registry());
+        let now = Instant::now();
+        let deadline = crate::util::time::after(now, self.ctx.cfg.shutdown_timeout);
+        self.draining = Some(deadline);
+        self.ctx.last_frame = now;
+        self.deadlines.push(deadline, Due::Drain);
+        self.deadlines.push(now + DRAIN_QUIET, Due::Drain);
+        self.send_all(&{
+            let mut f = Vec::new();
+            encode_drain(&mut f);
+            f
+        });
+    }
+
+    /// Draining and done: nothing in flight and the LBs quiet, or the time
+    /// is up.
+    fn drained(&mut self) -> bool {
+        let Some(deadline) = self.draining else {
+            return false;
+        };
+        if Instant::now() >= deadline {
+            log::warn!("shutdown timeout: exiting with requests in flight");
+            return true;
+        }
+        if self.conns.is_empty() {
+            return true;
+        }
+        let idle = self.ctx.busy == 0
+            && self
+                .conns
+                .values()
+                .all(|c| !c.has_requests() && c.idle_output());
+        idle && self.ctx.last_frame.elapsed() >= DRAIN_QUIET
+    }
+
+    fn on_out(&mut self, out: Out) {
+        if out.done {
+            self.ctx.busy = self.ctx.busy.saturating_sub(1);
+        }
+        let key = ConnKey::from(KeyData::from_ffi(out.conn_id));
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.app_output(out.rno, out.req_id, out.bytes, out.done) {
+            self.dirty.mark(key);
+        }
+    }
+
+    fn publish(&mut self, resume: &Resume) {
+        let mut frame = Vec::new();
+        if let Err(e) = encode_resume(&mut frame, resume) {
+            log::error!("cannot encode résumé: {e}");
+            return;
+        }
+        self.send_all(&frame);
+        self.ctx.resume_frame = frame;
+    }
+
+    /// Queue a frame on every connection past its handshake.
+    fn send_all(&mut self, frame: &[u8]) {
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.send_frame(frame) {
+                self.dirty.mark(key);
+            }
+        }
+    }
+
+    /// Make sure a connection's next deadline is in the heap.
+    fn arm(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let at = conn.deadline();
+            self.deadlines.arm(&mut conn.armed, at, Due::Conn(key));
+        }
+    }
+
+    fn run_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some((at, due)) = self.deadlines.pop_due(now) {
+            match due {
+                Due::Conn(key) => {
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        continue;
+                    };
+                    if !conn.armed.fire(at) {
+                        continue;
+                    }
+                    match conn.on_deadline(now, &mut self.ctx) {
+                        conn::Due::Keep => {
+                            self.dirty.mark(key);
+                            self.arm(key);
+                        }
+                        conn::Due::Close(why) => self.close(key, why),
+                    }
+                }
+                Due::Accept => {
+                    if self.acceptor.resume(self.poll.registry()) {
+                        self.accept();
+                    }
+                }
+                // `drained` looks at it after this round.
+                Due::Drain => {
+                    let quiet = self.ctx.last_frame + DRAIN_QUIET;
+                    if self.draining.is_some() && quiet > now {
+                        self.deadlines.push(quiet, Due::Drain);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for key in self.dirty.take() {
+            self.flush(key);
+            self.arm(key);
+        }
+    }
+
+    fn flush(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = conn.write_out(self.ctx.cfg.keepalive) {
+            self.close(key, &format!("write failed: {e}"));
+        }
+    }
+
+    fn maybe_unpause(&mut self) {
+        if self.ctx.paused && self.ctx.busy < self.ctx.cfg.max_queued / 2 {
+            self.ctx.paused = false;
+            // Edge-triggered: data that arrived while paused brings no new
+            // event, so read every connection now.
+            let keys: Vec<ConnKey> = self.conns.keys().collect();
+            for key in keys {
+                self.read(key);
+            }
+            self.flush_dirty();
+        }
+    }
+}
