@@ -121,3 +121,46 @@ fn slowloris_is_cut_by_the_socket_timeout_and_blocks_no_one() {
         }
     }
 }
+
+/// The lowest descriptor number `pid` does not use: with the limit set
+/// there, its next socket fails with EMFILE.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap()
+}
+
+#[test]
+fn out_of_descriptors_with_no_client_connected_the_lb_accepts_again() {
+    let a = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let mut b = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let lb = start_lb(&[&a.addr.to_string(), &b.addr.to_string()]);
+    wait_until("both workers to join", T, || {
+        lb.proc.stderr().matches("joined").count() >= 2
+    });
+    let pid = lb.proc.child.id();
+    let limit = lowest_free_fd(pid);
+    let set = std::process::Command::new("prlimit")
+        .args([
+            &format!("--pid={pid}"),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(set.success());
+    // The LB cannot take this connection: accepting pauses, with no client
+    // connected whose closing would resume it.
+    let mut c = HttpConn::connect(lb.addr);
+    c.send(b"GET /1 HTTP/1.1\r\nHost: fd\r\n\r\n");
+    lb.proc.wait_for("accept failed", T);
+    // A worker goes: its descriptor is free, and the queued client is
+    // served by the other one.
+    b.proc.child.kill().unwrap();
+    c.stream.set_read_timeout(Some(T)).unwrap();
+    let r = c
+        .response(false)
+        .expect("the queued connection was never served");
+    assert_eq!(r.status, 200);
+}

@@ -15,14 +15,9 @@ const CONSUMED: [&str; 4] = [
     "expect",
 ];
 
-/// The environ for `head` from `peer`, received on `local`. `body_len` is
-/// the length of the (buffered, de-chunked) body.
-pub fn build(
-    head: &RequestHead,
-    peer: SocketAddr,
-    local: SocketAddr,
-    body_len: Option<u64>,
-) -> Environ {
+/// The environ for `head` from `peer`, received on `local`. The body's
+/// `CONTENT_LENGTH` is added once the (de-chunked) body is complete.
+pub fn build(head: &RequestHead, peer: SocketAddr, local: SocketAddr) -> Environ {
     let mut env = Environ::new();
     let mut put = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -51,9 +46,6 @@ pub fn build(
     put("wsgi.url_scheme", "http".to_string());
     if let Some(ct) = head.header("content-type") {
         put("CONTENT_TYPE", ct.to_string());
-    }
-    if let Some(n) = body_len.filter(|&n| n > 0 || head.header("content-length").is_some()) {
-        put("CONTENT_LENGTH", n.to_string());
     }
     for (name, value) in &head.headers {
         let lower = name.to_ascii_lowercase();
@@ -90,7 +82,6 @@ mod tests {
             &head,
             "10.0.0.9:4444".parse().unwrap(),
             "127.0.0.1:80".parse().unwrap(),
-            Some(12),
         );
         let g = |k: &str| env.get(k).map(String::as_str);
         assert_eq!(g("REQUEST_METHOD"), Some("POST"));
@@ -102,7 +93,7 @@ mod tests {
         assert_eq!(g("REMOTE_ADDR"), Some("10.0.0.9"));
         assert_eq!(g("REMOTE_PORT"), Some("4444"));
         assert_eq!(g("CONTENT_TYPE"), Some("text/plain"));
-        assert_eq!(g("CONTENT_LENGTH"), Some("12"));
+        assert_eq!(g("CONTENT_LENGTH"), None, "added when the body is complete");
         assert_eq!(g("HTTP_X_MULTI"), Some("1, 2"));
         assert_eq!(g("HTTP_COOKIE"), Some("a=\u{e9}"));
         assert_eq!(g("HTTP_TRANSFER_ENCODING"), None);

@@ -13,15 +13,18 @@
 //! client never holds up a worker and the I/O thread never waits on disk.
 
 mod access;
-mod backend;
-mod client;
+mod clients;
+mod ctx;
 pub mod environ;
-mod io;
+mod event_loop;
+mod exchange;
 pub mod metrics;
 pub mod outbuf;
 mod reqbody;
+mod resolver;
 mod spill;
 pub mod status;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,7 +197,6 @@ impl Lb {
         } else {
             None
         };
-        let ticks = spawn_ticker(self.waker.clone())?;
         log::info!("listening on {}", self.addr);
         if let Some(addr) = &self.config.metrics_address {
             let handle = self.handle();
@@ -207,35 +209,15 @@ impl Lb {
                 })?;
             log::info!("metrics on http://{bound}/metrics");
         }
-        let lp = io::Loop::new(
+        let lp = event_loop::Loop::new(
             self.waker.clone(),
             self.poll,
             self.listener,
             self.addr,
             self.config,
             self.cmd.1,
-            ticks,
             signals,
         )?;
         lp.run()
     }
-}
-
-/// The timer thread: a tick every 100 ms for timeouts, keep-alives and
-/// reconnects.
-fn spawn_ticker(waker: Arc<mio::Waker>) -> std::io::Result<Receiver<()>> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("lb-timer".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(100));
-            match tx.try_send(()) {
-                Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => {}
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
-            }
-            if waker.wake().is_err() {
-                return;
-            }
-        })?;
-    Ok(rx)
 }

@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use slotmap::KeyData;
 
 use crate::proto::{Decoded, ProtoError};
+use crate::util::ratelog::{held_back, LogLimiter};
 use crate::util::signals::SignalEvent;
 
 pub(crate) use deadlines::{Armed, Deadlines};
@@ -132,6 +133,9 @@ pub(crate) struct Acceptor {
     listener: Option<TcpListener>,
     token: Token,
     paused: bool,
+    /// Failed accepts are retried every [`ACCEPT_RETRY`]: said once a
+    /// minute.
+    failures: LogLimiter<&'static str>,
 }
 
 /// What one `accept` gave.
@@ -154,6 +158,7 @@ impl Acceptor {
             listener: Some(listener),
             token,
             paused: false,
+            failures: LogLimiter::new(Duration::from_secs(60)),
         })
     }
 
@@ -169,6 +174,20 @@ impl Acceptor {
                 Err(e) => Accepted::Failed(e),
             };
         }
+    }
+
+    /// `accept` failed (out of descriptors, say): pause, and say so once a
+    /// minute. The caller resumes after [`ACCEPT_RETRY`] (edge-triggered:
+    /// no new event would come for connections already queued).
+    pub(crate) fn failed(&mut self, e: &io::Error, registry: &Registry) {
+        if let Some(n) = self.failures.check("accept", std::time::Instant::now()) {
+            log::error!(
+                "accept failed: {e}; retrying every {} ms{}",
+                ACCEPT_RETRY.as_millis(),
+                held_back(n)
+            );
+        }
+        self.pause(registry);
     }
 
     pub(crate) fn pause(&mut self, registry: &Registry) {

@@ -10,10 +10,14 @@ pub fn spill_dir() -> PathBuf {
     std::env::temp_dir()
 }
 
-/// Create a read-write file that has no name any more (`O_TMPFILE` where
-/// the file system has it).
+/// Create a read-write file that has no name any more. Its name while it
+/// had one, `resumelb-….spill`, is what `lsof` and /proc show for it.
 pub fn anonymous_file() -> io::Result<File> {
-    tempfile::tempfile_in(spill_dir())
+    let named = tempfile::Builder::new()
+        .prefix("resumelb-")
+        .suffix(".spill")
+        .tempfile_in(spill_dir())?;
+    Ok(named.into_file())
 }
 
 /// A request body for an application to read.

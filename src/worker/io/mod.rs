@@ -152,10 +152,7 @@ impl IoLoop {
                 Accepted::Conn(s, p) => (s, p),
                 Accepted::Empty => return,
                 Accepted::Failed(e) => {
-                    // Out of descriptors and the like: pause, try again soon
-                    // (edge-triggered: no new event would come).
-                    log::error!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
-                    self.acceptor.pause(self.poll.registry());
+                    self.acceptor.failed(&e, self.poll.registry());
                     self.deadlines
                         .push(Instant::now() + ACCEPT_RETRY, Due::Accept);
                     return;

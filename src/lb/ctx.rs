@@ -1,0 +1,133 @@
+//! What the LB's parts share: settings, the pool, counters, the spill
+//! thread, deadlines, the dirty set, and the effects queue through which
+//! one part asks for something another part owns. The parts (clients,
+//! workers, status) never call each other: they push an [`Effect`], and the
+//! loop applies it in one place.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::Registry;
+
+use super::clients::ClientKey;
+use super::metrics::Metrics;
+use super::spill::SpillIo;
+use super::workers::WorkerKey;
+use super::LbConfig;
+use crate::net::{Deadlines, DirtySet};
+use crate::pool::Balancer;
+use crate::proto::{ResponseHead, Rno};
+
+/// Counters for the status document and metrics.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Counters {
+    pub retries: u64,
+    pub bad_gateway: u64,
+    pub spilled_bytes: u64,
+}
+
+/// A connection with output to flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Dirty {
+    Client(ClientKey),
+    Worker(WorkerKey),
+}
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Due {
+    Client(ClientKey),
+    Worker(WorkerKey),
+    /// A worker address's reconnect time may have come.
+    Reconnect,
+    /// Accepting paused after `accept` failed: try again.
+    Accept,
+    /// Give freed memory back to the system.
+    Trim,
+    /// The shutdown timeout.
+    Stop,
+}
+
+/// A worker's frame for a client's exchange.
+#[derive(Debug)]
+pub(super) enum Response {
+    Head(ResponseHead),
+    Body(Vec<u8>),
+    End,
+    /// The worker gave up on it (logged with this).
+    Abort(&'static str),
+    /// The worker connection is gone.
+    Lost,
+}
+
+/// One part's request for what another part owns.
+#[derive(Debug)]
+pub(super) enum Effect {
+    /// A complete request wants a worker (again, after a retry).
+    Dispatch(ClientKey),
+    /// Stop a request on its worker: its client is gone or timed out.
+    Cancel(WorkerKey, Rno),
+    /// The worker's response head cannot be passed on (why): log it with
+    /// the worker's address and cancel the request there.
+    BadResponse(WorkerKey, Rno, &'static str),
+    Response(ClientKey, Response),
+    /// A request body's bytes came back from the spill file: its worker
+    /// connection can take more.
+    Pump(WorkerKey),
+    /// A worker joined the pool (or came back to it): requests waiting for
+    /// one may go.
+    ServeWaiting,
+}
+
+pub(super) struct Ctx {
+    pub cfg: LbConfig,
+    pub local: SocketAddr,
+    pub registry: Registry,
+    pub balancer: Balancer,
+    pub counters: Counters,
+    pub metrics: Metrics,
+    pub spill_io: SpillIo,
+    pub dirty: DirtySet<Dirty>,
+    pub deadlines: Deadlines<Due>,
+    pub effects: VecDeque<Effect>,
+    /// Shutting down, with this deadline.
+    pub stopping: Option<Instant>,
+    next_id: u64,
+}
+
+impl Ctx {
+    pub(super) fn new(
+        cfg: LbConfig,
+        local: SocketAddr,
+        registry: Registry,
+        spill_io: SpillIo,
+    ) -> Ctx {
+        let balancer = Balancer::new(cfg.pool, cfg.settings, cfg.single_version);
+        let metrics = Metrics::new(cfg.metrics_max_classes);
+        Ctx {
+            cfg,
+            local,
+            registry,
+            balancer,
+            counters: Counters::default(),
+            metrics,
+            spill_io,
+            dirty: DirtySet::default(),
+            deadlines: Deadlines::default(),
+            effects: VecDeque::new(),
+            stopping: None,
+            next_id: 0,
+        }
+    }
+
+    /// A new id (names a client's spill files).
+    pub(super) fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(super) fn effect(&mut self, e: Effect) {
+        self.effects.push_back(e);
+    }
+}

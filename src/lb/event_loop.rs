@@ -1,0 +1,400 @@
+//! The LB's event loop: routes mio events to the parts that own the
+//! sockets (clients, workers, status), applies the effects they ask of each
+//! other, runs deadlines, and takes commands and signals. No part calls
+//! another: cross-part work (dispatching a request, cancelling it on its
+//! worker, passing a response frame on) happens here, in `apply`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Poll, Token};
+
+use super::clients::{self, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
+use super::ctx::{Ctx, Dirty, Due, Effect};
+use super::reqbody::BODY_BIT;
+use super::resolver::Resolver;
+use super::spill::{SpillIo, SpillRead};
+use super::status::Status;
+use super::workers::{self, WorkerKey, Workers};
+use super::{Command, LbConfig};
+use crate::net::{readable, token_conn, Accepted, Acceptor, StopVerdict, Stops, ACCEPT_RETRY};
+use crate::proto::MAX_CHUNK;
+use crate::util::signals::SignalEvent;
+
+pub(super) const LISTENER: Token = Token(0);
+pub(super) const WAKER: Token = Token(1);
+pub(super) const STATUS: Token = Token(2);
+
+/// How often freed memory is given back while clients are connected (each
+/// second while none is).
+const TRIM_BUSY: Duration = Duration::from_secs(10);
+const TRIM_IDLE: Duration = Duration::from_secs(1);
+
+/// The channels the loop reads besides its sockets.
+pub(super) struct Inputs {
+    pub cmd: Receiver<Command>,
+    pub signals: Option<Receiver<SignalEvent>>,
+    pub spill: Receiver<SpillRead>,
+}
+
+pub(super) struct Loop {
+    poll: Poll,
+    acceptor: Acceptor,
+    clients: Clients,
+    workers: Workers,
+    status: Status,
+    ctx: Ctx,
+    inputs: Inputs,
+    /// After `accept` failed: no accepting before this.
+    accept_retry: Option<Instant>,
+}
+
+impl Loop {
+    pub(super) fn new(
+        waker: Arc<mio::Waker>,
+        poll: Poll,
+        listener: TcpListener,
+        local: SocketAddr,
+        cfg: LbConfig,
+        cmd: Receiver<Command>,
+        signals: Option<Receiver<SignalEvent>>,
+    ) -> io::Result<Loop> {
+        let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
+        let status = Status::bind(cfg.status_path.as_deref(), poll.registry(), STATUS)?;
+        let (spill_io, spill) = SpillIo::start(waker.clone())?;
+        let workers = Workers::new(Resolver::start(waker)?);
+        let registry = poll.registry().try_clone()?;
+        let specs = cfg.workers.clone();
+        let mut lp = Loop {
+            poll,
+            acceptor,
+            clients: Clients::default(),
+            workers,
+            status,
+            ctx: Ctx::new(cfg, local, registry, spill_io),
+            inputs: Inputs {
+                cmd,
+                signals,
+                spill,
+            },
+            accept_retry: None,
+        };
+        lp.workers.set(specs, &mut lp.ctx);
+        lp.ctx.deadlines.push(Instant::now() + TRIM_IDLE, Due::Trim);
+        lp.apply();
+        Ok(lp)
+    }
+
+    pub(super) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self
+                .ctx
+                .deadlines
+                .timeout(Instant::now(), Duration::from_secs(1));
+            crate::net::poll(&mut self.poll, &mut events, timeout)?;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    STATUS => self.status.accept(
+                        self.poll.registry(),
+                        &self.ctx,
+                        &self.workers,
+                        &self.clients,
+                    ),
+                    t => self.conn_event(
+                        t,
+                        readable(event),
+                        event.is_writable() || event.is_write_closed(),
+                    ),
+                }
+                self.apply();
+            }
+            self.workers.resolved(&mut self.ctx);
+            self.read_backs();
+            if self.take_inputs() == StopVerdict::Exit {
+                // Whatever is in flight is cut off, and the exit status says
+                // so.
+                let cut = self.clients.in_flight();
+                self.shutdown();
+                return crate::net::stopped_at_once(cut);
+            }
+            self.run_deadlines();
+            self.flush_dirty();
+            if self.ctx.stopping.is_some() && self.clients.len() == 0 {
+                log::info!("all requests finished");
+                break;
+            }
+            if self.ctx.stopping.is_some_and(|d| Instant::now() >= d) {
+                log::warn!(
+                    "shutdown timeout: exiting with {} client(s) open",
+                    self.clients.len()
+                );
+                break;
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn conn_event(&mut self, token: Token, readable: bool, writable: bool) {
+        let Some((kind, key)) = token_conn(token) else {
+            return;
+        };
+        match kind {
+            clients::KIND => {
+                self.clients
+                    .event(ClientKey::from(key), readable, writable, &mut self.ctx)
+            }
+            workers::KIND => {
+                self.workers
+                    .event(WorkerKey::from(key), readable, writable, &mut self.ctx)
+            }
+            _ => self.status.event(key.into(), self.poll.registry()),
+        }
+    }
+
+    /// Apply what the parts asked of each other, until nothing is left.
+    fn apply(&mut self) {
+        while let Some(effect) = self.ctx.effects.pop_front() {
+            match effect {
+                Effect::Dispatch(client) => self.dispatch(client),
+                Effect::Cancel(worker, rno) => self.workers.cancel(worker, rno, &mut self.ctx),
+                Effect::BadResponse(worker, rno, why) => {
+                    self.workers.bad_response(worker, rno, why, &mut self.ctx)
+                }
+                Effect::Response(client, resp) => {
+                    self.clients.response(client, resp, &mut self.ctx)
+                }
+                Effect::Pump(worker) => self.ctx.dirty.mark(Dirty::Worker(worker)),
+                Effect::ServeWaiting => self.serve_waiting(),
+            }
+        }
+    }
+
+    /// Send a complete request to a worker, or queue it until one comes.
+    fn dispatch(&mut self, client: ClientKey) {
+        let Some(class) = self.clients.class(client).map(str::to_owned) else {
+            return;
+        };
+        match self.workers.pick(&class, &mut self.ctx) {
+            Some(worker) => self.send(client, worker),
+            // Shutting down with no worker in the pool: none will come.
+            None if self.ctx.stopping.is_some() => {
+                self.clients
+                    .refuse(client, NO_WORKER_AT_SHUTDOWN, &mut self.ctx)
+            }
+            None => {
+                if self.clients.dispatching(client).is_some() {
+                    self.clients.wait(client);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, client: ClientKey, worker: WorkerKey) {
+        let Some((environ, has_body)) = self.clients.dispatching(client) else {
+            // Should not happen (the request was there a moment ago): the
+            // pool's pick is given back.
+            self.workers.unpick(worker, &mut self.ctx);
+            return;
+        };
+        let sent = self
+            .workers
+            .send(worker, client, environ, has_body, &mut self.ctx);
+        if let Some(rno) = sent {
+            self.clients.sent(client, worker, rno, &mut self.ctx);
+        }
+    }
+
+    /// Requests waiting for a worker get one, while the pool has one.
+    fn serve_waiting(&mut self) {
+        while let Some(client) = self.clients.first_waiting() {
+            let Some(class) = self.clients.class(client).map(str::to_owned) else {
+                return;
+            };
+            let Some(worker) = self.workers.pick(&class, &mut self.ctx) else {
+                return;
+            };
+            self.clients.pop_waiting();
+            self.send(client, worker);
+        }
+    }
+
+    /// Copy request bodies into a worker's buffer while it has room. True
+    /// when stopped by a body being read back from its spill file (the
+    /// read-back asks for another pump).
+    fn pump(&mut self, worker: WorkerKey) -> bool {
+        while let Some((rno, client)) = self.workers.body_wanted(worker) {
+            let piece = self.clients.body_piece(client, 4 * MAX_CHUNK);
+            if !self.workers.body_piece(worker, rno, piece) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn accept(&mut self) {
+        while self.clients.len() < self.ctx.cfg.max_connections {
+            match self.acceptor.accept() {
+                Accepted::Conn(stream, peer) => {
+                    self.clients.add(stream, peer, &mut self.ctx);
+                    self.apply();
+                }
+                Accepted::Empty => return,
+                Accepted::Failed(e) => {
+                    self.acceptor.failed(&e, self.poll.registry());
+                    let at = Instant::now() + ACCEPT_RETRY;
+                    self.accept_retry = Some(at);
+                    self.ctx.deadlines.push(at, Due::Accept);
+                    return;
+                }
+            }
+        }
+        log::warn!("{} connections: accepting paused", self.clients.len());
+        self.acceptor.pause(self.poll.registry());
+    }
+
+    /// Accept again if paused and below the connection limit.
+    fn maybe_resume_accepting(&mut self) {
+        if self.accept_retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.accept_retry = None;
+        if self.clients.len() < self.ctx.cfg.max_connections
+            && self.acceptor.resume(self.poll.registry())
+        {
+            // Connections that queued meanwhile bring no event.
+            self.accept();
+        }
+    }
+
+    /// Read-backs from the spill thread.
+    fn read_backs(&mut self) {
+        while let Ok(r) = self.inputs.spill.try_recv() {
+            let body = r.id & BODY_BIT != 0;
+            let id = r.id & !BODY_BIT;
+            self.clients.read_back(id, body, r.data, &mut self.ctx);
+            self.apply();
+        }
+    }
+
+    /// Commands and signals, and what stop requests among them ask for.
+    fn take_inputs(&mut self) -> StopVerdict {
+        let mut stops = Stops::default();
+        while let Ok(cmd) = self.inputs.cmd.try_recv() {
+            match cmd {
+                Command::SetWorkers(w) => self.workers.set(w, &mut self.ctx),
+                Command::UpdateSettings(s) => {
+                    log::info!(
+                        "pool settings: variance {}, backlog_history {}, unskilled_score {}",
+                        s.variance,
+                        s.backlog_history,
+                        s.unskilled_score
+                    );
+                    self.ctx.balancer.update_settings(&s);
+                }
+                Command::Stop => stops.graceful(),
+                Command::StopNow => stops.at_once(),
+                Command::Reopen => self.ctx.cfg.access_log.reopen(),
+                Command::Scrape(tx) => {
+                    let text = super::status::metrics_text(&self.ctx, &self.workers, &self.clients);
+                    let _ = tx.send(text);
+                }
+            }
+            self.apply();
+        }
+        let log = &self.ctx.cfg.access_log;
+        stops.take_signals(self.inputs.signals.as_ref(), || log.reopen());
+        let verdict = stops.verdict(self.ctx.stopping.is_some());
+        if verdict == StopVerdict::Start {
+            self.start_stopping();
+        }
+        verdict
+    }
+
+    fn start_stopping(&mut self) {
+        log::info!(
+            "shutting down: no new connections, finishing {} client(s)",
+            self.clients.len()
+        );
+        let deadline = crate::util::time::after(Instant::now(), self.ctx.cfg.socket_timeout);
+        self.ctx.stopping = Some(deadline);
+        self.ctx.deadlines.push(deadline, Due::Stop);
+        self.acceptor.close(self.poll.registry());
+        self.clients.refuse_waiting(&mut self.ctx);
+        self.clients.stop(&mut self.ctx);
+        self.apply();
+    }
+
+    fn shutdown(&mut self) {
+        for key in self.clients.keys() {
+            self.clients.close(key, "LB shutting down", &mut self.ctx);
+        }
+        for key in self.workers.keys() {
+            self.workers.close(key, "LB shutting down", &mut self.ctx);
+        }
+        // Effects of closing are moot now (every client is gone).
+        self.ctx.effects.clear();
+        self.status.close(self.poll.registry());
+        self.ctx.cfg.access_log.flush();
+    }
+
+    fn run_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some((at, due)) = self.ctx.deadlines.pop_due(now) {
+            match due {
+                Due::Client(key) => self.clients.on_deadline(key, at, now, &mut self.ctx),
+                Due::Worker(key) => self.workers.on_deadline(key, at, now, &mut self.ctx),
+                Due::Reconnect => self.workers.on_reconnect(at, now, &mut self.ctx),
+                Due::Accept => self.maybe_resume_accepting(),
+                Due::Trim => self.trim_memory(now),
+                // The loop checks the time after this round.
+                Due::Stop => {}
+            }
+            self.apply();
+        }
+    }
+
+    /// Give memory freed after a burst back to the system (glibc keeps it
+    /// otherwise).
+    fn trim_memory(&mut self, now: Instant) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let every = if self.clients.len() == 0 {
+            TRIM_IDLE
+        } else {
+            TRIM_BUSY
+        };
+        self.ctx.deadlines.push(now + every, Due::Trim);
+    }
+
+    fn flush_dirty(&mut self) {
+        loop {
+            let dirty = self.ctx.dirty.take();
+            if dirty.is_empty() {
+                break;
+            }
+            for d in dirty {
+                match d {
+                    Dirty::Client(key) => self.clients.flush(key, &mut self.ctx),
+                    Dirty::Worker(key) => {
+                        let reading_back = self.pump(key);
+                        self.workers.flush(key, reading_back, &mut self.ctx);
+                        self.workers.arm(key, &mut self.ctx);
+                    }
+                }
+                self.apply();
+            }
+        }
+        self.maybe_resume_accepting();
+    }
+}

@@ -1,0 +1,622 @@
+//! The LB's worker connections: the configured addresses, connecting and
+//! reconnecting, request numbers, keep-alives and the dead-worker timeout,
+//! and what happens to requests in flight when a worker is lost. What the
+//! worker's frames say is handled in `frames`.
+
+mod frames;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use mio::net::TcpStream;
+use mio::Interest;
+use slotmap::{Key, SlotMap};
+
+use super::clients::ClientKey;
+use super::ctx::{Ctx, Dirty, Due, Effect, Response};
+use super::reqbody::Piece;
+use super::resolver::{Resolved, Resolver};
+use super::WorkerSpec;
+use crate::net::{conn_token, Armed};
+use crate::pool::WorkerId;
+use crate::proto::{encode_body, encode_end, encode_environ, encode_null, Environ, Hello, Rno};
+use crate::util::ratelog::{held_back, LogLimiter};
+use crate::util::time::after;
+use crate::util::wbuf::WriteBuf;
+
+slotmap::new_key_type! { pub(in crate::lb) struct WorkerKey; }
+
+/// The token kind of worker connections.
+pub(super) const KIND: u8 = 2;
+
+/// Bytes queued for a worker before request bodies wait.
+const WBUF_CAP: usize = 1 << 20;
+
+/// A request in flight on a worker connection.
+struct Inflight {
+    client: ClientKey,
+    started: SystemTime,
+    /// The response head arrived (frames must come head, body…, end).
+    head: bool,
+}
+
+/// Where a connection is in the shared-secret handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// This LB has a secret: the worker's first frame must be a challenge.
+    AwaitChallenge,
+    /// Answered: the worker's résumé comes next, or it closes on a wrong
+    /// answer.
+    Answered,
+    /// Done, or no secret on either side.
+    Open,
+}
+
+pub(super) struct WorkerConn {
+    /// The worker's id in the pool (a new one for each connection).
+    id: WorkerId,
+    pub addr: String,
+    stream: TcpStream,
+    connected: bool,
+    rbuf: Vec<u8>,
+    out: WriteBuf,
+    /// In the pool (its first résumé arrived).
+    joined: bool,
+    /// Said "drain": no new requests; closed when idle.
+    draining: bool,
+    /// No longer in the worker list: out of the pool, closed when idle
+    /// (or back in the pool if listed again meanwhile).
+    unlisted: bool,
+    /// Its latest résumé.
+    resume: crate::proto::Resume,
+    pub hello: Option<Hello>,
+    handshake: Handshake,
+    /// Refused by this LB (its warning is out): no other warning on close.
+    refused: bool,
+    next_rno: Rno,
+    inflight: HashMap<Rno, Inflight>,
+    /// Requests whose body is still to be sent, in order.
+    sending: VecDeque<Rno>,
+    last_read: Instant,
+    keepalive_at: Instant,
+    armed: Armed,
+}
+
+impl WorkerConn {
+    pub(super) fn unsent(&self) -> usize {
+        self.out.unsent()
+    }
+
+    /// When the oldest request in flight was sent.
+    pub(super) fn oldest(&self) -> Option<SystemTime> {
+        self.inflight.values().map(|f| f.started).min()
+    }
+
+    /// In the pool and taking requests.
+    pub(super) fn is_up(&self) -> bool {
+        self.joined && !self.draining
+    }
+
+    /// The next free request number (1 … 2³²−1, wrapping, never in flight).
+    fn take_rno(&mut self) -> Rno {
+        loop {
+            self.next_rno = self.next_rno.wrapping_add(1);
+            if self.next_rno != 0 && !self.inflight.contains_key(&self.next_rno) {
+                return self.next_rno;
+            }
+        }
+    }
+}
+
+/// A configured worker address.
+struct Addr {
+    version: Option<String>,
+    /// Its connection, if one is open or opening.
+    conn: Option<WorkerKey>,
+    retry_at: Instant,
+    /// Its name is being resolved.
+    resolving: bool,
+}
+
+pub(super) struct Workers {
+    map: SlotMap<WorkerKey, WorkerConn>,
+    by_id: HashMap<WorkerId, WorkerKey>,
+    addrs: HashMap<String, Addr>,
+    resolver: Resolver,
+    /// Workers that cannot be reached, do not speak the protocol or fail
+    /// the handshake, by address and reason: one log line a minute each
+    /// (they are retried about once a second).
+    log: LogLimiter<(String, &'static str)>,
+    /// The reconnect deadline in the heap.
+    reconnect: Armed,
+}
+
+impl Workers {
+    pub(super) fn new(resolver: Resolver) -> Workers {
+        Workers {
+            map: SlotMap::with_key(),
+            by_id: HashMap::new(),
+            addrs: HashMap::new(),
+            resolver,
+            log: LogLimiter::new(std::time::Duration::from_secs(60)),
+            reconnect: Armed::default(),
+        }
+    }
+
+    pub(super) fn keys(&self) -> Vec<WorkerKey> {
+        self.map.keys().collect()
+    }
+
+    /// The connection the pool knows as `id`.
+    pub(super) fn by_id(&self, id: WorkerId) -> Option<&WorkerConn> {
+        self.map.get(*self.by_id.get(&id)?)
+    }
+
+    /// Every configured address, and whether its worker is in the pool.
+    pub(super) fn addresses(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.addrs.iter().map(|(addr, a)| {
+            let up = a
+                .conn
+                .and_then(|k| self.map.get(k))
+                .is_some_and(|w| w.is_up());
+            (addr.as_str(), up)
+        })
+    }
+
+    /// Answers from the resolver thread, to take on the I/O thread.
+    pub(super) fn resolved(&mut self, ctx: &mut Ctx) {
+        while let Ok(Resolved { addr, result }) = self.resolver.rx.try_recv() {
+            let now = Instant::now();
+            let Some(a) = self.addrs.get_mut(&addr) else {
+                continue;
+            };
+            a.resolving = false;
+            if a.conn.is_some() || ctx.stopping.is_some() {
+                continue;
+            }
+            match result {
+                Ok(sa) => self.connect(&addr, sa, now, ctx),
+                Err(e) => {
+                    a.retry_at = after(now, ctx.cfg.reconnect_interval);
+                    self.warn(&addr, "unresolvable", &format!("worker {addr}: {e}"));
+                }
+            }
+        }
+        self.arm_reconnect(ctx);
+    }
+
+    /// Replace the set of worker addresses: connect to new ones, drop the
+    /// ones no longer listed. An address that stays keeps its connection.
+    pub(super) fn set(&mut self, specs: Vec<WorkerSpec>, ctx: &mut Ctx) {
+        let wanted: HashMap<String, Option<String>> =
+            specs.into_iter().map(|s| (s.addr, s.version)).collect();
+        let gone: Vec<String> = self
+            .addrs
+            .keys()
+            .filter(|a| !wanted.contains_key(*a))
+            .cloned()
+            .collect();
+        for addr in gone {
+            if let Some(a) = self.addrs.remove(&addr) {
+                log::info!("worker {addr} removed");
+                if let Some(key) = a.conn {
+                    self.unlist(key, ctx);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (addr, version) in wanted {
+            match self.addrs.get_mut(&addr) {
+                Some(a) => {
+                    if a.version != version {
+                        a.version = version.clone();
+                        if let Some(key) = a.conn {
+                            self.relist(key, version.as_deref(), ctx);
+                        }
+                    }
+                }
+                None => {
+                    log::info!("worker {addr} added");
+                    // Still connected from before it was removed? Keep that
+                    // connection: never two to one address.
+                    let open = self
+                        .map
+                        .iter()
+                        .find(|(_, w)| w.addr == addr)
+                        .map(|(k, _)| k);
+                    self.addrs.insert(
+                        addr,
+                        Addr {
+                            version: version.clone(),
+                            conn: open,
+                            retry_at: now,
+                            resolving: false,
+                        },
+                    );
+                    if let Some(key) = open {
+                        self.relist(key, version.as_deref(), ctx);
+                    }
+                }
+            }
+        }
+        self.connect_due(now, ctx);
+    }
+
+    /// Open connections to configured addresses that have none and whose
+    /// retry time has come (names are resolved first, off the loop).
+    pub(super) fn connect_due(&mut self, now: Instant, ctx: &mut Ctx) {
+        if ctx.stopping.is_some() {
+            return;
+        }
+        let due: Vec<String> = self
+            .addrs
+            .iter()
+            .filter(|(_, a)| a.conn.is_none() && !a.resolving && a.retry_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for addr in due {
+            match self.resolver.lookup(&addr) {
+                Some(sa) => self.connect(&addr, sa, now, ctx),
+                None => {
+                    if let Some(a) = self.addrs.get_mut(&addr) {
+                        a.resolving = true;
+                    }
+                }
+            }
+        }
+        self.arm_reconnect(ctx);
+    }
+
+    /// The next reconnect time, in the deadlines.
+    fn arm_reconnect(&mut self, ctx: &mut Ctx) {
+        if ctx.stopping.is_some() {
+            return;
+        }
+        let next = self
+            .addrs
+            .values()
+            .filter(|a| a.conn.is_none() && !a.resolving)
+            .map(|a| a.retry_at)
+            .min();
+        if let Some(at) = next {
+            ctx.deadlines.arm(&mut self.reconnect, at, Due::Reconnect);
+        }
+    }
+
+    /// The reconnect deadline came: connect what is due.
+    pub(super) fn on_reconnect(&mut self, at: Instant, now: Instant, ctx: &mut Ctx) {
+        if self.reconnect.fire(at) {
+            self.connect_due(now, ctx);
+        }
+    }
+
+    fn connect(&mut self, addr: &str, sa: SocketAddr, now: Instant, ctx: &mut Ctx) {
+        let retry = after(now, ctx.cfg.reconnect_interval);
+        if let Some(a) = self.addrs.get_mut(addr) {
+            a.retry_at = retry;
+        }
+        let stream = match TcpStream::connect(sa) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("worker {addr}: connect failed: {e}");
+                let msg = format!(
+                    "worker {addr} cannot be reached (connect failed: {e}); \
+                     retrying about once a second"
+                );
+                self.warn(addr, "unreachable", &msg);
+                return;
+            }
+        };
+        let id = WorkerId(ctx.new_id());
+        let key = self.map.insert(WorkerConn {
+            id,
+            addr: addr.to_string(),
+            stream,
+            connected: false,
+            rbuf: Vec::new(),
+            out: WriteBuf::new(),
+            joined: false,
+            draining: false,
+            unlisted: false,
+            resume: crate::proto::Resume::new(),
+            hello: None,
+            handshake: if ctx.cfg.secret.is_some() {
+                Handshake::AwaitChallenge
+            } else {
+                Handshake::Open
+            },
+            refused: false,
+            next_rno: 0,
+            inflight: HashMap::new(),
+            sending: VecDeque::new(),
+            last_read: now,
+            keepalive_at: after(now, ctx.cfg.keepalive),
+            armed: Armed::default(),
+        });
+        let w = &mut self.map[key];
+        let token = conn_token(KIND, key.data());
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = ctx.registry.register(&mut w.stream, token, interest) {
+            log::error!("cannot register worker {addr}: {e}");
+            self.map.remove(key);
+            return;
+        }
+        self.by_id.insert(id, key);
+        if let Some(a) = self.addrs.get_mut(addr) {
+            a.conn = Some(key);
+        }
+        self.arm(key, ctx);
+    }
+
+    /// A warning about a worker address that the LB retries about once a
+    /// second: at most one a minute for each address and reason.
+    fn warn(&mut self, addr: &str, reason: &'static str, msg: &str) {
+        if let Some(n) = self.log.check((addr.to_string(), reason), Instant::now()) {
+            log::warn!("{msg}{}", held_back(n));
+        }
+    }
+
+    /// A worker for `class` from the pool.
+    pub(super) fn pick(&mut self, class: &str, ctx: &mut Ctx) -> Option<WorkerKey> {
+        loop {
+            let id = ctx.balancer.get(class)?;
+            match self.by_id.get(&id) {
+                Some(&key) if self.map.get(key).is_some_and(|w| w.is_up()) => return Some(key),
+                _ => {
+                    // Should not happen: the pool and the connections disagree.
+                    log::error!("pool chose unknown worker {id:?}; removing it");
+                    ctx.balancer.put(id);
+                    ctx.balancer.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Give back a worker [`Workers::pick`] chose, unused.
+    pub(super) fn unpick(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+        if let Some(w) = self.map.get(key) {
+            ctx.balancer.put(w.id);
+        }
+    }
+
+    /// Queue a request's environ (and its end, if it has no body) on a
+    /// worker chosen by [`Workers::pick`]: its request number.
+    pub(super) fn send(
+        &mut self,
+        key: WorkerKey,
+        client: ClientKey,
+        environ: &Environ,
+        has_body: bool,
+        ctx: &mut Ctx,
+    ) -> Option<Rno> {
+        let w = self.map.get_mut(key)?;
+        let rno = w.take_rno();
+        w.inflight.insert(
+            rno,
+            Inflight {
+                client,
+                started: SystemTime::now(),
+                head: false,
+            },
+        );
+        let pairs = environ.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        if let Err(e) = encode_environ(w.out.buf(), rno, pairs) {
+            log::error!("cannot encode a request: {e}");
+        }
+        if has_body {
+            w.sending.push_back(rno);
+        } else {
+            encode_end(w.out.buf(), rno);
+        }
+        ctx.dirty.mark(Dirty::Worker(key));
+        Some(rno)
+    }
+
+    /// The request whose body goes next, and its client, while the
+    /// connection has room for more.
+    pub(super) fn body_wanted(&self, key: WorkerKey) -> Option<(Rno, ClientKey)> {
+        let w = self.map.get(key)?;
+        if w.unsent() >= WBUF_CAP {
+            return None;
+        }
+        let rno = *w.sending.front()?;
+        let client = w.inflight.get(&rno)?.client;
+        Some((rno, client))
+    }
+
+    /// Queue the next piece of request `rno`'s body (`None`: its client is
+    /// gone). False when the piece is being read back from disk.
+    pub(super) fn body_piece(&mut self, key: WorkerKey, rno: Rno, piece: Option<Piece>) -> bool {
+        let Some(w) = self.map.get_mut(key) else {
+            return true;
+        };
+        match piece {
+            None => {
+                w.sending.retain(|&r| r != rno);
+            }
+            Some(Piece::Done) => {
+                encode_end(w.out.buf(), rno);
+                w.sending.pop_front();
+            }
+            Some(Piece::Data(d)) => encode_body(w.out.buf(), rno, &d),
+            Some(Piece::Pending) => return false,
+        }
+        true
+    }
+
+    /// Cancel a request on its worker (the client went away or timed out).
+    pub(super) fn cancel(&mut self, key: WorkerKey, rno: Rno, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        if w.inflight.remove(&rno).is_none() {
+            return;
+        }
+        w.sending.retain(|&r| r != rno);
+        encode_null(w.out.buf(), rno);
+        ctx.balancer.put(w.id);
+        ctx.dirty.mark(Dirty::Worker(key));
+        self.close_if_drained(key, ctx);
+    }
+
+    /// A response head that cannot be passed on: said with the worker's
+    /// address, and the request cancelled there.
+    pub(super) fn bad_response(&mut self, key: WorkerKey, rno: Rno, why: &str, ctx: &mut Ctx) {
+        let addr = self.map.get(key).map_or("?", |w| w.addr.as_str());
+        log::warn!("bad response head from worker {addr}: {why}");
+        self.cancel(key, rno, ctx);
+    }
+
+    fn close_if_drained(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+        if let Some(w) = self.map.get(key) {
+            if (w.draining || w.unlisted) && w.inflight.is_empty() {
+                let why = if w.draining {
+                    "drained"
+                } else {
+                    "removed from the worker list"
+                };
+                self.close(key, why, ctx);
+            }
+        }
+    }
+
+    /// The address is no longer listed: no new requests; close when idle.
+    fn unlist(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        if !w.unlisted {
+            w.unlisted = true;
+            ctx.balancer.remove(w.id);
+        }
+        self.close_if_drained(key, ctx);
+    }
+
+    /// The address is listed again while its connection is still open:
+    /// back into the pool with its latest résumé.
+    fn relist(&mut self, key: WorkerKey, version: Option<&str>, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        w.unlisted = false;
+        if w.is_up() {
+            ctx.balancer.new_resume(w.id, version, w.resume.clone());
+            ctx.effect(Effect::ServeWaiting);
+        }
+    }
+
+    /// Close a worker connection. Requests in flight end at once: their
+    /// clients hear that the worker is lost.
+    pub(super) fn close(&mut self, key: WorkerKey, why: &str, ctx: &mut Ctx) {
+        let Some(mut w) = self.map.remove(key) else {
+            return;
+        };
+        let _ = ctx.registry.deregister(&mut w.stream);
+        self.by_id.remove(&w.id);
+        if w.joined {
+            log::info!("worker {} disconnected: {why}", w.addr);
+        } else {
+            log::debug!("worker {}: {why}", w.addr);
+            // Not when this LB closes it (shutting down, or the worker is no
+            // longer listed), nor after a refusal, which said why already.
+            let warn = !w.refused && !w.unlisted && ctx.stopping.is_none();
+            if warn && w.connected {
+                let msg = format!(
+                    "no résumé from worker {} ({why}): is it a resumelb worker?",
+                    w.addr
+                );
+                self.warn(&w.addr, "no résumé", &msg);
+            } else if warn {
+                let msg = format!(
+                    "worker {} cannot be reached ({why}); retrying about once a second",
+                    w.addr
+                );
+                self.warn(&w.addr, "unreachable", &msg);
+            }
+        }
+        for (_, f) in w.inflight.drain() {
+            ctx.balancer.put(w.id);
+            ctx.effect(Effect::Response(f.client, Response::Lost));
+        }
+        ctx.balancer.remove(w.id);
+        let retry = after(Instant::now(), ctx.cfg.reconnect_interval);
+        if let Some(a) = self.addrs.get_mut(&w.addr) {
+            if a.conn == Some(key) {
+                a.conn = None;
+                a.retry_at = retry;
+            }
+        }
+        self.arm_reconnect(ctx);
+    }
+
+    /// Write what is queued; ask for more request body if there is room
+    /// (unless a body is being read back from disk: that asks when done).
+    pub(super) fn flush(&mut self, key: WorkerKey, reading_back: bool, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        if !w.connected {
+            return;
+        }
+        match w.out.flush_to(&mut w.stream) {
+            Err(e) => self.close(key, &format!("write failed: {e}"), ctx),
+            Ok(n) => {
+                if n > 0 {
+                    w.keepalive_at = after(Instant::now(), ctx.cfg.keepalive);
+                }
+                // Room again: more request bodies can go.
+                if !reading_back && !w.sending.is_empty() && w.unsent() < WBUF_CAP {
+                    ctx.effect(Effect::Pump(key));
+                }
+            }
+        }
+    }
+
+    /// Make sure the connection's next deadline is in the heap.
+    pub(super) fn arm(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+        if let Some(w) = self.map.get_mut(key) {
+            let at = w.deadline(ctx);
+            ctx.deadlines.arm(&mut w.armed, at, Due::Worker(key));
+        }
+    }
+
+    /// Keep-alives, and the dead-worker (or connect) timeout.
+    pub(super) fn on_deadline(&mut self, key: WorkerKey, at: Instant, now: Instant, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        if !w.armed.fire(at) {
+            return;
+        }
+        if now >= after(w.last_read, ctx.cfg.dead_worker_timeout) {
+            let why = if w.connected {
+                "dead-worker timeout"
+            } else {
+                "connect timeout"
+            };
+            // A worker that never joined is warned about as it closes.
+            if w.joined {
+                log::warn!("worker {}: {why}", w.addr);
+            }
+            self.close(key, why, ctx);
+            return;
+        }
+        if now >= w.keepalive_at {
+            // No keep-alive before the handshake is done: the worker takes
+            // nothing but the answer to its challenge until then.
+            if w.connected && w.handshake == Handshake::Open && w.unsent() == 0 {
+                encode_null(w.out.buf(), 0);
+                ctx.dirty.mark(Dirty::Worker(key));
+            }
+            w.keepalive_at = after(now, ctx.cfg.keepalive);
+        }
+        self.arm(key, ctx);
+    }
+}
+
+impl WorkerConn {
+    fn deadline(&self, ctx: &Ctx) -> Instant {
+        after(self.last_read, ctx.cfg.dead_worker_timeout).min(self.keepalive_at)
+    }
+}
