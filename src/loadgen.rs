@@ -3,10 +3,12 @@
 //! loopback addresses only.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::http::client::ResponseReader;
 
 /// What one request should be: (Host header, path).
 pub type RequestMaker = dyn Fn(&mut Rng) -> (String, String) + Send + Sync;
@@ -71,60 +73,22 @@ struct Response {
     close: bool,
 }
 
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Response> {
-    let mut chunk = [0u8; 65536];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(used) = resp
-            .parse(buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
-        {
-            let mut len = None;
-            let mut worker = None;
-            let mut close = false;
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    len = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok());
-                } else if h.name.eq_ignore_ascii_case("x-worker") {
-                    worker = Some(String::from_utf8_lossy(h.value).to_string());
-                } else if h.name.eq_ignore_ascii_case("connection") {
-                    close = h.value.eq_ignore_ascii_case(b"close");
-                }
-            }
-            let len: usize = len.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "response without Content-Length",
-                )
-            })?;
-            let code = resp.code.unwrap_or(0);
-            while buf.len() < used + len {
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let body = buf[used..used + len].to_vec();
-            buf.drain(..used + len);
-            if code != 200 {
-                return Err(io::Error::other(format!("status {code}")));
-            }
-            return Ok(Response {
-                worker,
-                body,
-                close,
-            });
-        }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+fn read_response(s: &mut TcpStream, reader: &mut ResponseReader) -> io::Result<Response> {
+    let head = reader
+        .head(s, false)?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    let (body, complete) = reader.read_body(s, &head);
+    if !complete {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
+    if head.code != 200 {
+        return Err(io::Error::other(format!("status {}", head.code)));
+    }
+    Ok(Response {
+        worker: head.header("x-worker").map(str::to_owned),
+        body,
+        close: !head.keep_alive,
+    })
 }
 
 /// Apply a load and measure it.
@@ -148,7 +112,7 @@ pub fn run(spec: &LoadSpec) -> io::Result<LoadResult> {
                 let mut rng = Rng::new(seed);
                 let mut r = LoadResult::default();
                 let mut conn: Option<TcpStream> = None;
-                let mut buf = Vec::new();
+                let mut buf = ResponseReader::new();
                 let mut sent = 0;
                 while Instant::now() < deadline && sent < per_conn {
                     sent += 1;
@@ -158,7 +122,7 @@ pub fn run(spec: &LoadSpec) -> io::Result<LoadResult> {
                             Ok(s) => {
                                 let _ = s.set_nodelay(true);
                                 let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                                buf.clear();
+                                buf = ResponseReader::new();
                                 conn.insert(s)
                             }
                             Err(_) => {

@@ -5,13 +5,14 @@
 //! a clean 502/503, or cut off in a way the client can tell. Bounded in time
 //! and count; loopback only.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::http::client::ResponseReader;
 use crate::loadgen::{spawn, Rng, Spawned};
 use crate::util::procinfo::{fd_count, rss_kib};
 use crate::worker::demo::{fnv1a, pattern, FNV_OFFSET};
@@ -114,91 +115,17 @@ struct Seen {
     close: bool,
 }
 
-/// Read a response; `None` if the connection closed before its head.
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Option<Seen> {
-    let mut chunk = [0u8; 65536];
-    let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>| -> bool {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    };
-    let (status, used, length, chunked, close) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(used)) = r.parse(buf) {
-            let mut length = None;
-            let mut chunked = false;
-            let mut close = false;
-            for h in r.headers.iter() {
-                let v = String::from_utf8_lossy(h.value).to_string();
-                match h.name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse::<usize>().ok(),
-                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = v.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-            break (r.code.unwrap_or(0), used, length, chunked, close);
-        }
-        if !fill(s, buf) {
-            return None;
-        }
-    };
-    buf.drain(..used);
-    let mut seen = Seen {
-        status,
-        body: Vec::new(),
-        complete: false,
-        close,
-    };
-    if head_only {
-        seen.complete = true;
-        return Some(seen);
-    }
-    if chunked {
-        loop {
-            let line_end = loop {
-                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                if !fill(s, buf) {
-                    return Some(seen);
-                }
-            };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
-                .unwrap_or(usize::MAX);
-            buf.drain(..line_end + 2);
-            if size == usize::MAX {
-                return Some(seen);
-            }
-            while buf.len() < size + 2 {
-                if !fill(s, buf) {
-                    return Some(seen);
-                }
-            }
-            if size == 0 {
-                buf.drain(..2);
-                seen.complete = true;
-                return Some(seen);
-            }
-            seen.body.extend_from_slice(&buf[..size]);
-            buf.drain(..size + 2);
-        }
-    }
-    let n = length.unwrap_or(0);
-    while buf.len() < n {
-        if !fill(s, buf) {
-            seen.body = std::mem::take(buf);
-            return Some(seen);
-        }
-    }
-    seen.body = buf.drain(..n).collect();
-    seen.complete = true;
-    Some(seen)
+/// Read a response; `None` if the connection closed (or failed) before
+/// its head.
+fn read_response(s: &mut TcpStream, reader: &mut ResponseReader, head_only: bool) -> Option<Seen> {
+    let head = reader.head(s, head_only).ok()??;
+    let (body, complete) = reader.read_body(s, &head);
+    Some(Seen {
+        status: head.code,
+        body,
+        complete,
+        close: !head.keep_alive,
+    })
 }
 
 #[derive(Default)]
@@ -232,7 +159,7 @@ enum Expect {
 fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
     let mut rng = Rng::new(seed);
     let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::new();
+    let mut buf = ResponseReader::new();
     let mut sent = 0u64;
     while Instant::now() < deadline && sent < 1_000_000 {
         sent += 1;
@@ -240,7 +167,7 @@ fn client(target: SocketAddr, seed: u64, deadline: Instant, tally: Arc<Tally>) {
             match TcpStream::connect(target) {
                 Ok(s) => {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                    buf.clear();
+                    buf = ResponseReader::new();
                     conn = Some(s);
                 }
                 Err(_) => {

@@ -3,6 +3,7 @@
 //! No sockets here; the LB's client connections drive these.
 
 pub mod chunked;
+pub mod client;
 pub mod request;
 pub mod response;
 

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use resumelb::http::client::ResponseReader;
 use resumelb::proto::{
     Decoded, Environ, ResponseHead, Resume, Rno, ToLb, ToWorker, DEFAULT_MAX_FRAME,
 };
@@ -395,8 +396,17 @@ impl HttpResp {
 /// A client connection that reads responses one after another.
 pub struct HttpConn {
     pub stream: TcpStream,
-    buf: Vec<u8>,
-    eof: bool,
+    reader: ResponseReader,
+}
+
+/// A read error that means the peer is gone.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 impl HttpConn {
@@ -407,8 +417,7 @@ impl HttpConn {
             .unwrap();
         HttpConn {
             stream,
-            buf: Vec::new(),
-            eof: false,
+            reader: ResponseReader::new(),
         }
     }
 
@@ -416,114 +425,33 @@ impl HttpConn {
         self.stream.write_all(raw).unwrap();
     }
 
-    fn fill(&mut self) -> bool {
-        if self.eof {
-            return false;
-        }
-        let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => {
-                self.eof = true;
-                false
-            }
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionReset
-                    || e.kind() == std::io::ErrorKind::ConnectionAborted =>
-            {
-                self.eof = true;
-                false
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-
-    fn line(&mut self) -> Option<String> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let l = String::from_utf8_lossy(&self.buf[..i]).to_string();
-                self.buf.drain(..i + 2);
-                return Some(l);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
     /// Read one response; `head_request` for responses to HEAD. `None`
     /// when the connection closed before a status line.
     pub fn response(&mut self, head_request: bool) -> Option<HttpResp> {
-        let status_line = self.line()?;
-        let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-        let mut r = HttpResp {
-            status,
-            ..HttpResp::default()
+        let head = match self.reader.head(&mut self.stream, head_request) {
+            Ok(h) => h?,
+            Err(e) if gone(&e) => return None,
+            Err(e) => panic!("read: {e}"),
         };
-        loop {
-            let l = self.line()?;
-            if l.is_empty() {
-                break;
-            }
-            let (n, v) = l.split_once(':')?;
-            r.headers.push((n.trim().to_string(), v.trim().to_string()));
-        }
-        if status == 100 {
-            return self.response(head_request);
-        }
-        if head_request || status == 204 || status == 304 {
-            r.complete = true;
-            return Some(r);
-        }
-        if r.header("Transfer-Encoding")
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let Some(size_line) = self.line() else {
-                    return Some(r);
-                };
-                let size = usize::from_str_radix(size_line.trim(), 16).ok()?;
-                if size == 0 {
-                    let _ = self.line();
-                    r.complete = true;
-                    return Some(r);
-                }
-                while self.buf.len() < size + 2 {
-                    if !self.fill() {
-                        r.body.extend_from_slice(&self.buf);
-                        return Some(r);
-                    }
-                }
-                r.body.extend_from_slice(&self.buf[..size]);
-                self.buf.drain(..size + 2);
-            }
-        } else if let Some(n) = r
-            .header("Content-Length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            while self.buf.len() < n {
-                if !self.fill() {
-                    r.body = std::mem::take(&mut self.buf);
-                    return Some(r);
-                }
-            }
-            r.body = self.buf.drain(..n).collect();
-            r.complete = true;
-            Some(r)
-        } else {
-            while self.fill() {}
-            r.body = std::mem::take(&mut self.buf);
-            r.complete = true;
-            Some(r)
-        }
+        let (body, complete) = self.reader.read_body(&mut self.stream, &head);
+        Some(HttpResp {
+            status: head.code,
+            headers: head.headers,
+            body,
+            complete,
+        })
     }
 
     /// True if the peer closed the connection (reads EOF or reset).
     pub fn closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.fill()
+        if !self.reader.buffered().is_empty() {
+            return false;
+        }
+        match self.reader.fill(&mut self.stream) {
+            Ok(n) => n == 0,
+            Err(e) if gone(&e) => true,
+            Err(e) => panic!("read: {e}"),
+        }
     }
 }
 
