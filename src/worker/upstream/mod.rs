@@ -118,9 +118,10 @@ fn read_head(conn: &mut Conn, head_request: bool) -> io::Result<Head> {
         .into_iter()
         .filter(|(n, _)| {
             let lower = n.to_ascii_lowercase();
-            !HOP_BY_HOP.contains(&lower.as_str())
-                && !listed.contains(&lower)
-                && !(chunked && lower == "content-length")
+            let dropped = HOP_BY_HOP.contains(&lower.as_str())
+                || listed.contains(&lower)
+                || (chunked && lower == "content-length");
+            !dropped
         })
         .collect();
     Ok(Head {
