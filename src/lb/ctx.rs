@@ -22,9 +22,9 @@ use crate::proto::{ResponseHead, Rno};
 /// Counters for the status document and metrics.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Counters {
-    pub retries: u64,
-    pub bad_gateway: u64,
-    pub spilled_bytes: u64,
+    pub(super) retries: u64,
+    pub(super) bad_gateway: u64,
+    pub(super) spilled_bytes: u64,
 }
 
 /// A connection with output to flush.
@@ -81,18 +81,18 @@ pub(super) enum Effect {
 }
 
 pub(super) struct Ctx {
-    pub cfg: LbConfig,
-    pub local: SocketAddr,
-    pub registry: Registry,
-    pub balancer: Balancer,
-    pub counters: Counters,
-    pub metrics: Metrics,
-    pub spill_io: SpillIo,
-    pub dirty: DirtySet<Dirty>,
-    pub deadlines: Deadlines<Due>,
-    pub effects: VecDeque<Effect>,
+    pub(super) cfg: LbConfig,
+    pub(super) local: SocketAddr,
+    pub(super) registry: Registry,
+    pub(super) balancer: Balancer,
+    pub(super) counters: Counters,
+    pub(super) metrics: Metrics,
+    pub(super) spill_io: SpillIo,
+    pub(super) dirty: DirtySet<Dirty>,
+    pub(super) deadlines: Deadlines<Due>,
+    pub(super) effects: VecDeque<Effect>,
     /// Shutting down, with this deadline.
-    pub stopping: Option<Instant>,
+    pub(super) stopping: Option<Instant>,
     next_id: u64,
 }
 

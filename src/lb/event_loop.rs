@@ -5,13 +5,10 @@
 //! worker, passing a response frame on) happens here, in `apply`.
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use mio::net::TcpListener;
-use mio::{Events, Poll, Token};
+use mio::{Poll, Token};
 
 use super::clients::{self, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
 use super::ctx::{Ctx, Dirty, Due, Effect};
@@ -21,25 +18,18 @@ use super::spill::{SpillIo, SpillRead};
 use super::status::Status;
 use super::workers::{self, WorkerKey, Workers};
 use super::{Command, LbConfig};
-use crate::net::{readable, token_conn, Accepted, Acceptor, StopVerdict, Stops, ACCEPT_RETRY};
+use crate::net::{
+    token_conn, Accepted, Acceptor, Bound, Control, Reactor, Ready, StopVerdict, Stops,
+    ACCEPT_RETRY, LISTENER,
+};
 use crate::proto::MAX_CHUNK;
-use crate::util::signals::SignalEvent;
 
-pub(super) const LISTENER: Token = Token(0);
-pub(super) const WAKER: Token = Token(1);
 pub(super) const STATUS: Token = Token(2);
 
 /// How often freed memory is given back while clients are connected (each
 /// second while none is).
 const TRIM_BUSY: Duration = Duration::from_secs(10);
 const TRIM_IDLE: Duration = Duration::from_secs(1);
-
-/// The channels the loop reads besides its sockets.
-pub(super) struct Inputs {
-    pub cmd: Receiver<Command>,
-    pub signals: Option<Receiver<SignalEvent>>,
-    pub spill: Receiver<SpillRead>,
-}
 
 pub(super) struct Loop {
     poll: Poll,
@@ -48,24 +38,24 @@ pub(super) struct Loop {
     workers: Workers,
     status: Status,
     ctx: Ctx,
-    inputs: Inputs,
+    control: Control<Command>,
+    /// Read-backs from the spill thread.
+    spilled: Receiver<SpillRead>,
     /// After `accept` failed: no accepting before this.
     accept_retry: Option<Instant>,
 }
 
 impl Loop {
-    pub(super) fn new(
-        waker: Arc<mio::Waker>,
-        poll: Poll,
-        listener: TcpListener,
-        local: SocketAddr,
-        cfg: LbConfig,
-        cmd: Receiver<Command>,
-        signals: Option<Receiver<SignalEvent>>,
-    ) -> io::Result<Loop> {
+    pub(super) fn new(bound: Bound, cfg: LbConfig, control: Control<Command>) -> io::Result<Loop> {
+        let Bound {
+            poll,
+            waker,
+            listener,
+            addr: local,
+        } = bound;
         let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
         let status = Status::bind(cfg.status_path.as_deref(), poll.registry(), STATUS)?;
-        let (spill_io, spill) = SpillIo::start(waker.clone())?;
+        let (spill_io, spilled) = SpillIo::start(waker.clone())?;
         let workers = Workers::new(Resolver::start(waker)?);
         let registry = poll.registry().try_clone()?;
         let specs = cfg.workers.clone();
@@ -76,11 +66,8 @@ impl Loop {
             workers,
             status,
             ctx: Ctx::new(cfg, local, registry, spill_io),
-            inputs: Inputs {
-                cmd,
-                signals,
-                spill,
-            },
+            control,
+            spilled,
             accept_retry: None,
         };
         lp.workers.set(specs, &mut lp.ctx);
@@ -90,62 +77,34 @@ impl Loop {
     }
 
     pub(super) fn run(mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self
-                .ctx
-                .deadlines
-                .timeout(Instant::now(), Duration::from_secs(1));
-            crate::net::poll(&mut self.poll, &mut events, timeout)?;
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    WAKER => {}
-                    STATUS => self.status.accept(
-                        self.poll.registry(),
-                        &self.ctx,
-                        &self.workers,
-                        &self.clients,
-                    ),
-                    t => self.conn_event(
-                        t,
-                        readable(event),
-                        event.is_writable() || event.is_write_closed(),
-                    ),
-                }
-                self.apply();
-            }
-            self.workers.resolved(&mut self.ctx);
-            self.read_backs();
-            if self.take_inputs() == StopVerdict::Exit {
-                // Whatever is in flight is cut off, and the exit status says
-                // so.
-                let cut = self.clients.in_flight();
-                self.shutdown();
-                return crate::net::stopped_at_once(cut);
-            }
-            self.run_deadlines();
-            self.flush_dirty();
-            if self.ctx.stopping.is_some() && self.clients.len() == 0 {
-                log::info!("all requests finished");
-                break;
-            }
-            if self.ctx.stopping.is_some_and(|d| Instant::now() >= d) {
-                log::warn!(
-                    "shutdown timeout: exiting with {} client(s) open",
-                    self.clients.len()
-                );
-                break;
-            }
-        }
-        self.shutdown();
-        Ok(())
+        crate::net::run(&mut self)
     }
 
-    fn conn_event(&mut self, token: Token, readable: bool, writable: bool) {
+    /// Stop when shutting down and every client is gone, or the shutdown
+    /// timeout passed.
+    fn stopped(&mut self) -> bool {
+        let Some(deadline) = self.ctx.stopping else {
+            return false;
+        };
+        if self.clients.len() == 0 {
+            log::info!("all requests finished");
+        } else if Instant::now() >= deadline {
+            log::warn!(
+                "shutdown timeout: exiting with {} client(s) open",
+                self.clients.len()
+            );
+        } else {
+            return false;
+        }
+        self.shutdown();
+        true
+    }
+
+    fn conn_event(&mut self, token: Token, ready: Ready) {
         let Some((kind, key)) = token_conn(token) else {
             return;
         };
+        let (readable, writable) = (ready.readable, ready.writable);
         match kind {
             clients::KIND => {
                 self.clients
@@ -239,7 +198,7 @@ impl Loop {
         false
     }
 
-    fn accept(&mut self) {
+    fn accept_clients(&mut self) {
         while self.clients.len() < self.ctx.cfg.max_connections {
             match self.acceptor.accept() {
                 Accepted::Conn(stream, peer) => {
@@ -270,13 +229,13 @@ impl Loop {
             && self.acceptor.resume(self.poll.registry())
         {
             // Connections that queued meanwhile bring no event.
-            self.accept();
+            self.accept_clients();
         }
     }
 
     /// Read-backs from the spill thread.
     fn read_backs(&mut self) {
-        while let Ok(r) = self.inputs.spill.try_recv() {
+        while let Ok(r) = self.spilled.try_recv() {
             let body = r.id & BODY_BIT != 0;
             let id = r.id & !BODY_BIT;
             self.clients.read_back(id, body, r.data, &mut self.ctx);
@@ -284,10 +243,14 @@ impl Loop {
         }
     }
 
-    /// Commands and signals, and what stop requests among them ask for.
+    /// Commands (signals among them), and what stop requests ask for.
     fn take_inputs(&mut self) -> StopVerdict {
         let mut stops = Stops::default();
-        while let Ok(cmd) = self.inputs.cmd.try_recv() {
+        let (commands, reopen) = self.control.take(&mut stops);
+        if reopen {
+            self.ctx.cfg.access_log.reopen();
+        }
+        for cmd in commands {
             match cmd {
                 Command::SetWorkers(w) => self.workers.set(w, &mut self.ctx),
                 Command::UpdateSettings(s) => {
@@ -309,8 +272,6 @@ impl Loop {
             }
             self.apply();
         }
-        let log = &self.ctx.cfg.access_log;
-        stops.take_signals(self.inputs.signals.as_ref(), || log.reopen());
         let verdict = stops.verdict(self.ctx.stopping.is_some());
         if verdict == StopVerdict::Start {
             self.start_stopping();
@@ -396,5 +357,44 @@ impl Loop {
             }
         }
         self.maybe_resume_accepting();
+    }
+}
+
+impl Reactor for Loop {
+    fn poll(&mut self) -> &mut Poll {
+        &mut self.poll
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.ctx.deadlines.next()
+    }
+
+    fn accept(&mut self) {
+        self.accept_clients();
+    }
+
+    fn ready(&mut self, token: Token, ready: Ready) {
+        if token == STATUS {
+            let registry = self.poll.registry();
+            self.status
+                .accept(registry, &self.ctx, &self.workers, &self.clients);
+        } else {
+            self.conn_event(token, ready);
+        }
+        self.apply();
+    }
+
+    fn round(&mut self) -> Option<io::Result<()>> {
+        self.workers.resolved(&mut self.ctx);
+        self.read_backs();
+        if self.take_inputs() == StopVerdict::Exit {
+            // Whatever is in flight is cut off, and the exit status says so.
+            let cut = self.clients.in_flight();
+            self.shutdown();
+            return Some(crate::net::stopped_at_once(cut));
+        }
+        self.run_deadlines();
+        self.flush_dirty();
+        self.stopped().then_some(Ok(()))
     }
 }

@@ -31,14 +31,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
-use mio::net::TcpListener;
-use mio::{Poll, Token};
+use crossbeam_channel::Sender;
 
 use crate::classify::Classifier;
+use crate::net::{Bound, Control};
 use crate::pool::{PoolKind, Settings};
 use crate::util::linelog::LineLog;
-use crate::util::net::{listener, resolve};
+use crate::util::net::resolve;
 
 /// The page sent with `502 Bad Gateway` when a worker is lost, unless
 /// `-e` names another.
@@ -155,49 +154,38 @@ impl LbHandle {
 
 /// A bound LB, ready to run.
 pub struct Lb {
-    poll: Poll,
-    waker: Arc<mio::Waker>,
-    listener: TcpListener,
-    addr: SocketAddr,
+    bound: Bound,
     config: LbConfig,
-    cmd: (Sender<Command>, Receiver<Command>),
+    control: Control<Command>,
 }
 
 impl Lb {
     /// Bind the HTTP listener with the configured listen backlog.
     pub fn bind(config: LbConfig) -> std::io::Result<Lb> {
-        let (listener, addr) = listener(&config.address, config.backlog)?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(1))?);
         Ok(Lb {
-            poll,
-            waker,
-            listener,
-            addr,
+            bound: Bound::new(&config.address, config.backlog)?,
             config,
-            cmd: unbounded(),
+            control: Control::new(),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.bound.addr
     }
 
     pub fn handle(&self) -> LbHandle {
         LbHandle {
-            tx: self.cmd.0.clone(),
-            waker: self.waker.clone(),
+            tx: self.control.tx.clone(),
+            waker: self.bound.waker.clone(),
         }
     }
 
     /// Serve until stopped.
-    pub fn run(self) -> std::io::Result<()> {
-        let signals = if self.config.handle_signals {
-            Some(crate::util::signals::spawn(self.waker.clone())?)
-        } else {
-            None
-        };
-        log::info!("listening on {}", self.addr);
+    pub fn run(mut self) -> std::io::Result<()> {
+        if self.config.handle_signals {
+            self.control.handle_signals(&self.bound.waker)?;
+        }
+        log::info!("listening on {}", self.bound.addr);
         if let Some(addr) = &self.config.metrics_address {
             let handle = self.handle();
             let sa = resolve(addr).map_err(|e| {
@@ -209,15 +197,7 @@ impl Lb {
                 })?;
             log::info!("metrics on http://{bound}/metrics");
         }
-        let lp = event_loop::Loop::new(
-            self.waker.clone(),
-            self.poll,
-            self.listener,
-            self.addr,
-            self.config,
-            self.cmd.1,
-            signals,
-        )?;
+        let lp = event_loop::Loop::new(self.bound, self.config, self.control)?;
         lp.run()
     }
 }

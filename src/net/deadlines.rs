@@ -9,7 +9,9 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
 struct Entry<K> {
     at: Instant,
@@ -94,12 +96,9 @@ impl<K: Copy> Deadlines<K> {
         self.heap.pop().map(|Reverse(e)| (e.at, e.key))
     }
 
-    /// How long a poll may sleep: until the earliest entry, at most `max`.
-    pub(crate) fn timeout(&self, now: Instant, max: Duration) -> Duration {
-        match self.heap.peek() {
-            Some(Reverse(e)) => e.at.saturating_duration_since(now).min(max),
-            None => max,
-        }
+    /// The earliest entry's time.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(e)| e.at)
     }
 
     #[cfg(test)]
@@ -111,6 +110,7 @@ impl<K: Copy> Deadlines<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn pops_in_time_order_only_when_due() {
@@ -119,19 +119,13 @@ mod tests {
         d.push(t0 + Duration::from_secs(3), 'c');
         d.push(t0 + Duration::from_secs(1), 'a');
         d.push(t0 + Duration::from_secs(2), 'b');
-        assert_eq!(
-            d.timeout(t0, Duration::from_secs(9)),
-            Duration::from_secs(1)
-        );
+        assert_eq!(d.next(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(d.pop_due(t0), None);
         let at2 = t0 + Duration::from_secs(2);
         assert_eq!(d.pop_due(at2).map(|e| e.1), Some('a'));
         assert_eq!(d.pop_due(at2).map(|e| e.1), Some('b'));
         assert_eq!(d.pop_due(at2), None);
-        assert_eq!(
-            d.timeout(at2, Duration::from_millis(10)),
-            Duration::from_millis(10)
-        );
+        assert_eq!(d.next(), Some(t0 + Duration::from_secs(3)));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use slotmap::KeyData;
@@ -47,8 +49,128 @@ pub(crate) fn token_conn(token: Token) -> Option<(u8, KeyData)> {
     (kind != 0).then(|| (kind, KeyData::from_ffi(t & !(3 << 30))))
 }
 
+/// The token of each process's listening socket.
+pub(crate) const LISTENER: Token = Token(0);
+/// The token of each process's waker.
+pub(crate) const WAKER: Token = Token(1);
+/// The longest a poll sleeps with no deadline due.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// What a socket is ready for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ready {
+    /// Data, end of stream or an error: a read says which.
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// One process's I/O thread, as [`run`] drives it: events go to `accept`
+/// and `ready`, then `round` does the rest (messages from other threads,
+/// deadlines, output) and says when to stop.
+pub(crate) trait Reactor {
+    fn poll(&mut self) -> &mut Poll;
+    /// The earliest deadline (the poll sleeps until then, at most a second).
+    fn next_deadline(&self) -> Option<std::time::Instant>;
+    /// The listener has connections waiting.
+    fn accept(&mut self);
+    /// A socket other than the listener is ready.
+    fn ready(&mut self, token: Token, ready: Ready);
+    /// After each round of events; `Some` ends the loop with that result.
+    fn round(&mut self) -> Option<io::Result<()>>;
+}
+
+/// Run a reactor until its `round` says it is done.
+pub(crate) fn run(r: &mut impl Reactor) -> io::Result<()> {
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let now = std::time::Instant::now();
+        let timeout = r.next_deadline().map_or(MAX_WAIT, |at| {
+            at.saturating_duration_since(now).min(MAX_WAIT)
+        });
+        poll(r.poll(), &mut events, timeout)?;
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => r.accept(),
+                WAKER => {}
+                token => {
+                    let ready = Ready {
+                        readable: readable(event),
+                        writable: event.is_writable() || event.is_write_closed(),
+                    };
+                    r.ready(token, ready);
+                }
+            }
+        }
+        if let Some(result) = r.round() {
+            return result;
+        }
+    }
+}
+
+/// What a process starts from: its listening socket, and the poll and
+/// waker its I/O thread will own.
+pub(crate) struct Bound {
+    pub poll: Poll,
+    pub waker: Arc<mio::Waker>,
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Bound {
+    /// Listen on `addr` (port 0 picks one) with listen backlog `backlog`.
+    pub(crate) fn new(addr: &str, backlog: i32) -> io::Result<Bound> {
+        let (listener, addr) = crate::util::net::listener(addr, backlog)?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        Ok(Bound {
+            poll,
+            waker,
+            listener,
+            addr,
+        })
+    }
+}
+
+/// Commands from other threads and, when the process handles them,
+/// signals.
+pub(crate) struct Control<C> {
+    pub tx: Sender<C>,
+    rx: Receiver<C>,
+    signals: Option<Receiver<SignalEvent>>,
+}
+
+impl<C> Control<C> {
+    pub(crate) fn new() -> Control<C> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Control {
+            tx,
+            rx,
+            signals: None,
+        }
+    }
+
+    /// Start taking SIGTERM, SIGINT, SIGHUP and SIGUSR2 (they wake `waker`).
+    pub(crate) fn handle_signals(&mut self, waker: &Arc<mio::Waker>) -> io::Result<()> {
+        self.signals = Some(crate::util::signals::spawn(waker.clone())?);
+        Ok(())
+    }
+
+    /// The commands waiting. Stop signals are counted in `stops`; true
+    /// when a signal asked to reopen the log files.
+    pub(crate) fn take(&self, stops: &mut Stops) -> (Vec<C>, bool) {
+        let mut reopen = false;
+        for sig in self.signals.iter().flat_map(|rx| rx.try_iter()) {
+            match sig {
+                SignalEvent::Stop => stops.graceful(),
+                SignalEvent::Reopen => reopen = true,
+            }
+        }
+        (self.rx.try_iter().collect(), reopen)
+    }
+}
+
 /// Wait for events, at most `timeout`; a signal's interruption is no error.
-pub(crate) fn poll(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+fn poll(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
     match poll.poll(events, Some(timeout)) {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
             events.clear();
@@ -60,7 +182,7 @@ pub(crate) fn poll(poll: &mut Poll, events: &mut Events, timeout: Duration) -> i
 
 /// Whether an event means "try reading" (data, end of stream or error: a
 /// read says which).
-pub(crate) fn readable(event: &mio::event::Event) -> bool {
+fn readable(event: &mio::event::Event) -> bool {
     event.is_readable() || event.is_read_closed() || event.is_error()
 }
 
@@ -244,20 +366,6 @@ impl Stops {
 
     pub(crate) fn at_once(&mut self) {
         self.0 += 2;
-    }
-
-    /// Signals waiting on `rx`: stops are counted, reopens passed on.
-    pub(crate) fn take_signals(
-        &mut self,
-        rx: Option<&Receiver<SignalEvent>>,
-        mut reopen: impl FnMut(),
-    ) {
-        for sig in rx.into_iter().flat_map(|rx| rx.try_iter()) {
-            match sig {
-                SignalEvent::Stop => self.graceful(),
-                SignalEvent::Reopen => reopen(),
-            }
-        }
     }
 
     /// A second stop (or a stop-now) ends the process at once.

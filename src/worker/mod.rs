@@ -22,11 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use mio::net::TcpListener;
-use mio::{Poll, Token};
 
 pub use app::{App, AppError, Body, Request, Response};
 
+use crate::net::{Bound, Control};
 use crate::proto::auth::Secret;
 use crate::proto::{encode_hello, Hello, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::resume::{load_file_or_empty, ResumeSettings, Tracker};
@@ -131,12 +130,9 @@ impl WorkerHandle {
 
 /// A bound worker, ready to run.
 pub struct Worker {
-    poll: Poll,
-    waker: Arc<mio::Waker>,
-    listener: TcpListener,
-    addr: SocketAddr,
+    bound: Bound,
     config: WorkerConfig,
-    cmd: (Sender<Command>, Receiver<Command>),
+    control: Control<Command>,
     timer: (Sender<TimerMsg>, Receiver<TimerMsg>),
 }
 
@@ -145,43 +141,40 @@ pub use crate::util::net::resolve;
 impl Worker {
     /// Bind the listening socket.
     pub fn bind(addr: &str, config: WorkerConfig) -> std::io::Result<Worker> {
-        let (listener, addr) = crate::util::net::listener(addr, 1024)?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(1))?);
         Ok(Worker {
-            poll,
-            waker,
-            listener,
-            addr,
+            bound: Bound::new(addr, 1024)?,
             config,
-            cmd: unbounded(),
+            control: Control::new(),
             timer: bounded(65_536),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.bound.addr
     }
 
     pub fn handle(&self) -> WorkerHandle {
         WorkerHandle {
-            cmd: self.cmd.0.clone(),
+            cmd: self.control.tx.clone(),
             timer: self.timer.0.clone(),
-            waker: self.waker.clone(),
+            waker: self.bound.waker.clone(),
         }
     }
 
     /// Serve until stopped.
     pub fn run(self, app: Arc<dyn App>) -> std::io::Result<()> {
         let Worker {
+            bound,
+            config,
+            mut control,
+            timer,
+        } = self;
+        let Bound {
             poll,
             waker,
             listener,
             addr,
-            config,
-            cmd,
-            timer,
-        } = self;
+        } = bound;
         let threads = config.threads.max(1);
         let trace = config.tracelog.clone();
         trace.record('S', 0, format_args!("{addr}"));
@@ -213,11 +206,9 @@ impl Worker {
         let timer_tx = timer.0;
         let bodies = bodies::BodyIo::start(jobs_tx.clone(), shared.clone())?;
         let _app_threads = threads::spawn(threads, app, jobs_rx, shared)?;
-        let signals = if config.handle_signals {
-            Some(crate::util::signals::spawn(waker.clone())?)
-        } else {
-            None
-        };
+        if config.handle_signals {
+            control.handle_signals(&waker)?;
+        }
         let mut hello = Vec::new();
         encode_hello(
             &mut hello,
@@ -246,8 +237,7 @@ impl Worker {
             io::Inputs {
                 out: out_rx,
                 ctl: ctl_rx,
-                cmd: cmd.1,
-                signals,
+                control,
                 wake_pending,
             },
             trace.clone(),

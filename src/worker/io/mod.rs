@@ -13,26 +13,23 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use slotmap::{Key, KeyData, SlotMap};
 
 use super::bodies::BodyIo;
 use super::shared::{Ctl, Job, Out};
 use super::Command;
 use crate::net::{
-    conn_token, read_chunk, readable, token_conn, Accepted, Acceptor, Chunk, Deadlines, DirtySet,
-    StopVerdict, Stops, ACCEPT_RETRY,
+    conn_token, read_chunk, token_conn, Accepted, Acceptor, Chunk, Control, Deadlines, DirtySet,
+    Reactor, Ready, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
 };
 use crate::proto::{encode_drain, encode_resume, Resume};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
-use crate::util::signals::SignalEvent;
 
 pub(crate) use conn::IoConfig;
 use conn::{Ctx, LbConn};
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
 const CONN: u8 = 1;
 
 /// How long a draining worker waits for stray requests after the last
@@ -55,8 +52,7 @@ enum Due {
 pub(crate) struct Inputs {
     pub out: Receiver<Out>,
     pub ctl: Receiver<Ctl>,
-    pub cmd: Receiver<Command>,
-    pub signals: Option<Receiver<SignalEvent>>,
+    pub control: Control<Command>,
     /// Set by app threads that woke us; cleared before draining their
     /// channel.
     pub wake_pending: Arc<AtomicBool>,
@@ -106,47 +102,10 @@ impl IoLoop {
 
     /// Run until shut down.
     pub(crate) fn run(mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self
-                .deadlines
-                .timeout(Instant::now(), Duration::from_secs(1));
-            crate::net::poll(&mut self.poll, &mut events, timeout)?;
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    WAKER => {}
-                    t => {
-                        let Some((_, key)) = token_conn(t) else {
-                            continue;
-                        };
-                        let key = ConnKey::from(key);
-                        if readable(event) {
-                            self.read(key);
-                        }
-                        if event.is_writable() {
-                            self.dirty.mark(key);
-                        }
-                    }
-                }
-            }
-            if self.take_inputs() == StopVerdict::Exit {
-                // Requests in flight are cut off, and the exit status says so.
-                let cut = self.ctx.busy + self.conns.values().map(LbConn::receiving).sum::<usize>();
-                self.close_all();
-                return crate::net::stopped_at_once(cut);
-            }
-            self.run_deadlines();
-            self.flush_dirty();
-            self.maybe_unpause();
-            if self.drained() {
-                self.close_all();
-                return Ok(());
-            }
-        }
+        crate::net::run(&mut self)
     }
 
-    fn accept(&mut self) {
+    fn accept_lbs(&mut self) {
         loop {
             let (stream, peer) = match self.acceptor.accept() {
                 Accepted::Conn(s, p) => (s, p),
@@ -252,7 +211,11 @@ impl IoLoop {
             self.publish(&resume);
         }
         let mut stops = Stops::default();
-        while let Ok(cmd) = self.inputs.cmd.try_recv() {
+        let (commands, reopen) = self.inputs.control.take(&mut stops);
+        if reopen {
+            self.ctx.trace.reopen();
+        }
+        for cmd in commands {
             match cmd {
                 Command::Stop => stops.graceful(),
                 Command::StopNow => stops.at_once(),
@@ -260,8 +223,6 @@ impl IoLoop {
                 Command::Allow(allow) => self.set_allow(allow),
             }
         }
-        let trace = &self.ctx.trace;
-        stops.take_signals(self.inputs.signals.as_ref(), || trace.reopen());
         let verdict = stops.verdict(self.draining.is_some());
         if verdict == StopVerdict::Start {
             self.start_drain();
@@ -393,7 +354,7 @@ impl IoLoop {
                 }
                 Due::Accept => {
                     if self.acceptor.resume(self.poll.registry()) {
-                        self.accept();
+                        self.accept_lbs();
                     }
                 }
                 // `drained` looks at it after this round.
@@ -434,5 +395,49 @@ impl IoLoop {
             }
             self.flush_dirty();
         }
+    }
+}
+
+impl Reactor for IoLoop {
+    fn poll(&mut self) -> &mut Poll {
+        &mut self.poll
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.next()
+    }
+
+    fn accept(&mut self) {
+        self.accept_lbs();
+    }
+
+    fn ready(&mut self, token: Token, ready: Ready) {
+        let Some((_, key)) = token_conn(token) else {
+            return;
+        };
+        let key = ConnKey::from(key);
+        if ready.readable {
+            self.read(key);
+        }
+        if ready.writable {
+            self.dirty.mark(key);
+        }
+    }
+
+    fn round(&mut self) -> Option<io::Result<()>> {
+        if self.take_inputs() == StopVerdict::Exit {
+            // Requests in flight are cut off, and the exit status says so.
+            let cut = self.ctx.busy + self.conns.values().map(LbConn::receiving).sum::<usize>();
+            self.close_all();
+            return Some(crate::net::stopped_at_once(cut));
+        }
+        self.run_deadlines();
+        self.flush_dirty();
+        self.maybe_unpause();
+        if self.drained() {
+            self.close_all();
+            return Some(Ok(()));
+        }
+        None
     }
 }
