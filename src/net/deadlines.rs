@@ -9,8 +9,6 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-#[cfg(test)]
-use std::time::Duration;
 use std::time::Instant;
 
 struct Entry<K> {
