@@ -11,26 +11,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 
-use super::super::app::Request;
-use super::super::bodies::{status_response, Body, BodyIo};
+use super::super::bodies::{Body, BodyIo};
 use super::super::shared::{Flow, Job};
-use super::super::validate;
 use crate::net::{each_frame, Armed, FrameFault};
-use crate::proto::auth::{nonce, Secret, NONCE_LEN};
+use crate::proto::auth::{nonce, Secret};
 use crate::proto::{encode_challenge, encode_null, Rno, ToWorker};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
 use crate::util::ratelog::{held_back, LogLimiter};
-use crate::util::spill::BodyReader;
 use crate::util::wbuf::WriteBuf;
+
+mod handshake;
+mod requests;
+
+use handshake::{Challenge, AUTH_MAX_FRAME, AUTH_TIMEOUT};
 
 /// Bytes kept in a connection's write buffer before app frames wait.
 pub(super) const WBUF_CAP: usize = 256 * 1024;
-/// How long an LB has to answer the challenge.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest frame taken from a peer that has not answered the
-/// challenge yet (an answer is about 50 bytes).
-const AUTH_MAX_FRAME: usize = 1024;
 
 /// Settings of the I/O loop.
 pub(crate) struct IoConfig {
@@ -98,13 +95,7 @@ impl Ctx {
     }
 }
 
-/// A challenge sent on a connection and not answered yet.
-struct Challenge {
-    nonce: [u8; NONCE_LEN],
-    deadline: Instant,
-}
-
-enum Req {
+pub(super) enum Req {
     Receiving {
         req_id: u64,
         environ: crate::proto::Environ,
@@ -377,160 +368,13 @@ impl LbConn {
         })
     }
 
-    /// The only frame taken before the challenge is answered: the answer.
-    /// Right, and the connection starts as any other (résumé, hello).
-    fn authenticate(&mut self, ctx: &mut Ctx, msg: ToWorker) -> Result<(), Closing> {
-        let (Some(challenge), Some(secret)) = (&self.challenge, &ctx.cfg.secret) else {
-            return Ok(());
-        };
-        let why = match msg {
-            // An LB may keep the connection alive while it waits for the
-            // challenge (it was late); that is no answer, and no offence.
-            ToWorker::KeepAlive => return Ok(()),
-            ToWorker::Auth(mac) if secret.verify(&challenge.nonce, &mac) => {
-                self.challenge = None;
-                self.out.buf().extend_from_slice(&ctx.resume_frame);
-                self.out.buf().extend_from_slice(&ctx.hello_frame);
-                let ip = self.peer.ip();
-                ctx.refusals.forget_if(|(k, _)| *k == ip);
-                log::info!(
-                    "LB connected from {} (connection {}), shared secret proven",
-                    self.peer,
-                    self.trace_no
-                );
-                return Ok(());
-            }
-            ToWorker::Auth(_) => "wrong answer to the challenge: the shared secrets differ",
-            _ => {
-                "sent a request frame instead of answering the challenge (has it no \
-                 --secret-file?)"
-            }
-        };
-        ctx.refused(self.peer, &format!("{why}; closing"));
-        Err(Closing::Handshake(why.into()))
-    }
-
-    fn request_id(&self, rno: Rno) -> String {
+    pub(super) fn request_id(&self, rno: Rno) -> String {
         format!("{}.{}", self.trace_no, rno)
-    }
-
-    fn handle(&mut self, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String> {
-        match msg {
-            ToWorker::KeepAlive => {}
-            ToWorker::Auth(_) => return Err("an answer to a challenge that was not sent".into()),
-            ToWorker::Environ(rno, pairs) => {
-                if self.requests.contains_key(&rno) {
-                    return Err(format!("request number {rno} reused while in flight"));
-                }
-                let environ = match validate::environ(pairs) {
-                    Ok(env) => env,
-                    Err(why) => {
-                        log::warn!(
-                            "{}: request from LB {} refused (400): {why}",
-                            self.request_id(rno),
-                            self.peer
-                        );
-                        self.requests.insert(rno, Req::Refused);
-                        return Ok(());
-                    }
-                };
-                ctx.next_req_id += 1;
-                if ctx.trace.is_enabled() {
-                    let method = environ.get("REQUEST_METHOD").map_or("", String::as_str);
-                    let url = environ
-                        .get("REQUEST_URI")
-                        .or_else(|| environ.get("PATH_INFO"))
-                        .map_or("", String::as_str);
-                    ctx.trace
-                        .record('B', self.request_id(rno), format_args!("{method} {url}"));
-                }
-                self.requests.insert(
-                    rno,
-                    Req::Receiving {
-                        req_id: ctx.next_req_id,
-                        environ,
-                        body: Body::new(),
-                    },
-                );
-            }
-            ToWorker::Body(rno, data) => {
-                if let Some(Req::Receiving { body, req_id, .. }) = self.requests.get_mut(&rno) {
-                    body.write(&data, ctx.cfg.spill_threshold, *req_id, &ctx.bodies);
-                }
-            }
-            ToWorker::EndOfBody(rno) => self.end_of_body(ctx, rno)?,
-            ToWorker::Cancel(rno) => match self.requests.remove(&rno) {
-                Some(Req::Running { cancel, .. }) => {
-                    cancel.store(true, Ordering::Relaxed);
-                    self.flow.poke();
-                    ctx.trace.record('E', self.request_id(rno), "cancelled");
-                }
-                Some(Req::Receiving { body, .. }) => {
-                    body.discard(&ctx.bodies);
-                    ctx.trace.record('E', self.request_id(rno), "cancelled");
-                }
-                Some(Req::Refused) | None => {}
-            },
-        }
-        Ok(())
-    }
-
-    /// A request is complete: to the app threads (a spilled body by way of
-    /// the body thread); a refused one is answered 400.
-    fn end_of_body(&mut self, ctx: &mut Ctx, rno: Rno) -> Result<(), String> {
-        let (req_id, environ, body) = match self.requests.remove(&rno) {
-            Some(Req::Receiving {
-                req_id,
-                environ,
-                body,
-            }) => (req_id, environ, body),
-            Some(Req::Refused) => {
-                status_response(self.out.buf(), rno, "400 Bad Request");
-                return Ok(());
-            }
-            Some(running) => {
-                self.requests.insert(rno, running);
-                return Ok(());
-            }
-            None => return Ok(()),
-        };
-        let id = self.request_id(rno);
-        ctx.trace.record('I', &id, body.len());
-        let cancel = Arc::new(AtomicBool::new(false));
-        let class = environ
-            .get("resumelb.request_class")
-            .cloned()
-            .unwrap_or_default();
-        let job = Job {
-            conn_id: self.id,
-            rno,
-            req_id,
-            flow: self.flow.clone(),
-            request_cancel: cancel.clone(),
-            request: Some(Request {
-                environ,
-                body: BodyReader::empty(),
-                class,
-                trace: ctx.trace.for_request(id),
-                cancel: cancel.clone(),
-            }),
-        };
-        if let Some(job) = body.finish(job, &ctx.bodies) {
-            if ctx.jobs.send(job).is_err() {
-                return Err("app threads are gone".into());
-            }
-        }
-        ctx.busy += 1;
-        if ctx.busy >= ctx.cfg.max_queued {
-            ctx.paused = true;
-        }
-        self.requests.insert(rno, Req::Running { req_id, cancel });
-        Ok(())
     }
 }
 
 /// Why a connection is closed while reading from it.
-enum Closing {
+pub(super) enum Closing {
     /// A protocol error (logged where the frames are taken).
     Protocol(String),
     /// A failed handshake (logged, rate-limited, where it was found).
