@@ -1,4 +1,4 @@
-//! Request classifiers (ALGORITHMS.md §5): `host`, and `re:NAME:REGEX` over
+//! Request classifiers (docs/ALGORITHMS.md §5): `host`, and `re:NAME:REGEX` over
 //! an environ value, parsed from the `-r` option text.
 
 use std::fmt;

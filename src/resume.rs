@@ -1,4 +1,4 @@
-//! The worker's résumé tracker (ALGORITHMS.md §1) and the résumé file.
+//! The worker's résumé tracker (docs/ALGORITHMS.md §1) and the résumé file.
 //!
 //! Pure: elapsed times are passed in. The tracker says when a résumé is due
 //! to be published; the caller sends it to the LBs and saves the file.

@@ -1,6 +1,6 @@
 //! Protocol abuse: a fake worker that misbehaves in front of a real LB, and
 //! a fake LB that misbehaves in front of a real worker. The bad connection
-//! is closed (or the frame ignored where PROTOCOL.md says so), the affected
+//! is closed (or the frame ignored where resumelb-protocol(7) says so), the affected
 //! requests follow the retry/502 rules, and everything else keeps serving.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Building a request's environ (PROTOCOL.md) from its parsed head.
+//! Building a request's environ (resumelb-protocol(7), "Requests") from its parsed head.
 
 use std::net::SocketAddr;
 

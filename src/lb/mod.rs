@@ -1,13 +1,14 @@
 //! The load balancer (`resumelb`, `zkresumelb`): one mio I/O thread owns
 //! the HTTP listener, every client connection, every worker connection and
-//! the status socket (ARCHITECTURE.md, "Load balancer"). Pool decisions are
-//! made on that thread. A timer thread ticks it; log files are written by
-//! their own threads.
+//! the status socket, split into parts (`clients`, `workers`, `status`)
+//! that the loop (`event_loop`) drives; pool decisions are made on that
+//! thread. Timeouts, keep-alives and reconnects are deadlines of that loop.
+//! See docs/ARCHITECTURE.md.
 //!
 //! Requests are read whole before they are sent to a worker (bodies over
 //! 1 MiB into an unlinked temporary file kept by the spill thread), so that
-//! a malformed or slow
-//! upload never reaches or holds up a worker; responses are passed on as
+//! a malformed or slow upload never reaches or holds up a worker; responses
+//! are passed on as
 //! they arrive, buffered for slow clients in memory up to a cap and then in
 //! a temporary file kept by a spill thread (`spill`), so that a slow
 //! client never holds up a worker and the I/O thread never waits on disk.

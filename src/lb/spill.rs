@@ -1,7 +1,7 @@
 //! The LB's spill thread: response bytes for slow clients past the memory
 //! cap go to unlinked temporary files that this thread writes and reads, so
-//! that the I/O thread never waits on the disk (ARCHITECTURE.md, helper
-//! threads) unless the disk falls far behind. Each file is named by an id
+//! that the I/O thread never waits on the disk (docs/ARCHITECTURE.md,
+//! "Threads") unless the disk falls far behind. Each file is named by an id
 //! (a client's connection id, with a high bit for request bodies); commands
 //! for one id are handled in the order they were sent.
 

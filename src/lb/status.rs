@@ -1,5 +1,5 @@
 //! The status server: each connection to the Unix socket gets one JSON
-//! document (PROTOCOL.md, "Status document") and a newline.
+//! document (resumelb-protocol(7), "Status document") and a newline.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

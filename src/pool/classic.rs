@@ -1,4 +1,4 @@
-//! The classic résumé pool (ALGORITHMS.md §2), reproduced exactly.
+//! The classic résumé pool (docs/ALGORITHMS.md §2), reproduced exactly.
 //!
 //! `get` costs O(workers skilled for the class): the skilled workers of a
 //! class are kept in a short list, and the LRU line's order is read from

@@ -1,4 +1,4 @@
-//! The classless pool (ALGORITHMS.md §3): ignores classes and résumés, sends
+//! The classless pool (docs/ALGORITHMS.md §3): ignores classes and résumés, sends
 //! each request to the first idle worker in LRU order, else the least busy.
 
 use std::collections::HashMap;

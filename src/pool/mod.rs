@@ -1,4 +1,4 @@
-//! Pools: which worker gets the next request (ALGORITHMS.md §2–4).
+//! Pools: which worker gets the next request (docs/ALGORITHMS.md §2–4).
 //!
 //! Pure and deterministic: no sockets, no clock. The LB talks to a
 //! [`Balancer`], which wraps one [`Pool`] (classic résumé pool or classless)
@@ -27,7 +27,7 @@ use crate::proto::Resume;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u64);
 
-/// Decayed backlog counters (ALGORITHMS.md §2, "Decayed backlog").
+/// Decayed backlog counters (docs/ALGORITHMS.md §2, "Decayed backlog").
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Backlog {
     pub backlog: i64,

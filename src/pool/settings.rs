@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-/// Settings of the classic résumé pool (ALGORITHMS.md §2).
+/// Settings of the classic résumé pool (docs/ALGORITHMS.md §2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     pub variance: f64,

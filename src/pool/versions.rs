@@ -1,4 +1,4 @@
-//! The LB's front to the pool, with single-version mode (ALGORITHMS.md §4):
+//! The LB's front to the pool, with single-version mode (docs/ALGORITHMS.md §4):
 //! only workers of the current version are in the pool; the others are
 //! remembered with their latest résumé until their version takes over.
 

@@ -1,5 +1,5 @@
 //! Frame layer of the LB⇄worker protocol: `rno` (u32 BE), `len` (u32 BE),
-//! then exactly one CBOR item of `len` bytes (PROTOCOL.md, "Frame").
+//! then exactly one CBOR item of `len` bytes (resumelb-protocol(7), "Frames").
 //!
 //! Pure: works on byte buffers, never on sockets. The decoder is incremental:
 //! it is handed whatever has arrived so far and answers `Partial` until a

@@ -1,5 +1,5 @@
 //! Typed messages of the LB⇄worker protocol, one enum per direction, with
-//! their encoders and the shape checks of PROTOCOL.md.
+//! their encoders and the shape checks of resumelb-protocol(7).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The LB⇄worker wire protocol (PROTOCOL.md): frames, typed messages for
+//! The LB⇄worker wire protocol (man/resumelb-protocol.7): frames, typed messages for
 //! each direction, encoders and an incremental decoder. Pure: no sockets.
 
 pub mod auth;

@@ -9,7 +9,6 @@ pub mod procinfo;
 pub mod ratelog;
 pub mod rng;
 pub mod signals;
-pub mod slab;
 pub mod spill;
 pub mod time;
 pub mod wbuf;

@@ -29,7 +29,7 @@ where
 /// One request, as the LB forwarded it.
 #[derive(Debug)]
 pub struct Request {
-    /// CGI/WSGI-style environment (PROTOCOL.md).
+    /// CGI/WSGI-style environment (resumelb-protocol(7), "Requests").
     pub environ: Environ,
     /// The body, de-chunked; in memory or in a temporary file.
     pub body: BodyReader,

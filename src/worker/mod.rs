@@ -1,10 +1,11 @@
 //! The worker (`resumelb-worker`): serves LB connections with an
 //! application on a fixed pool of app threads, measures per-class speed and
-//! sends its résumé to every LB (ARCHITECTURE.md, "Worker").
+//! sends its résumé to every LB (docs/ARCHITECTURE.md).
 //!
-//! Threads: one I/O thread (`io`), `threads` app threads (`threads`),
-//! a timer thread that owns the résumé tracker (`timer`), and, when asked
-//! to, a signal thread.
+//! Threads: one I/O thread (`io`), `threads` app threads (`threads`), a
+//! thread that writes large request bodies to disk (`bodies`), a timer
+//! thread that owns the résumé tracker (`timer`), and, when asked to, a
+//! signal thread.
 
 pub mod app;
 mod bodies;
