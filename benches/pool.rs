@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use resumelb::pool::{Pool, ResumePool, Settings, WorkerId};
 use resumelb::proto::Resume;
-use resumelb::util::rng::Rng;
+use resumelb::testing::Rng;
 
 const WORKERS: usize = 100;
 const CLASSES: usize = 10_000;

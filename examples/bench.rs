@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resumelb::loadgen::{bin_dir, run, spawn, LoadResult, LoadSpec, Rng};
-use resumelb::util::procinfo::{raise_nofile, rss_kib};
+use resumelb::testing::{raise_nofile, rss_kib};
 
 /// A keep-alive HTTP/1.1 server answering every request with "ok".
 fn tiny_server() -> std::io::Result<std::net::SocketAddr> {

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use resumelb::util::procinfo::raise_nofile;
+use resumelb::testing::raise_nofile;
 
 const T: Duration = Duration::from_secs(30);
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use resumelb::loadgen::{bin_dir, run, spawn, LoadResult, LoadSpec, RequestMaker, Spawned};
 use resumelb::pool::PoolKind;
-use resumelb::util::procinfo::raise_nofile;
+use resumelb::testing::raise_nofile;
 
 use backend::Stats;
 use peers::Balance;

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use resumelb::proto::{RawFrame, ToWorker};
-use resumelb::util::spill::BodyReader;
+use resumelb::worker::BodyReader;
 use resumelb::worker::upstream::request_head;
 use resumelb::worker::{validate, Request};
 

@@ -49,7 +49,7 @@ impl<E: std::error::Error> From<E> for CliError {
 /// A listening socket could not be made on `addr` (`-a`): an address that
 /// does not parse (bad syntax, port out of range) is the operator's to fix
 /// (exit 2); one in use or a name that does not resolve may clear (exit 1).
-pub fn listen_error(addr: &str, e: std::io::Error) -> CliError {
+pub(crate) fn listen_error(addr: &str, e: std::io::Error) -> CliError {
     if e.kind() == std::io::ErrorKind::InvalidInput {
         CliError::Config(format!("bad address -a {addr:?}: {e}"))
     } else {
@@ -59,20 +59,15 @@ pub fn listen_error(addr: &str, e: std::io::Error) -> CliError {
 
 /// `--secret-file PATH`, read: a file that cannot be read or is empty is
 /// the operator's to fix (exit 2).
-pub fn secret_file(m: &getopts::Matches) -> Result<Option<crate::proto::auth::Secret>, CliError> {
+pub(crate) fn secret_file(
+    m: &getopts::Matches,
+) -> Result<Option<crate::proto::auth::Secret>, CliError> {
     match m.opt_str("secret-file") {
         None => Ok(None),
         Some(p) => crate::proto::auth::Secret::from_file(std::path::Path::new(&p))
             .map(Some)
             .map_err(CliError::Usage),
     }
-}
-
-/// What parsing a command line gives.
-pub enum Parsed<T> {
-    Run(T),
-    /// `--help` or `--version` was printed.
-    Done,
 }
 
 /// Run a command's `run` and turn its result into an exit code.
@@ -97,7 +92,7 @@ pub fn main_with(name: &str, run: impl FnOnce(Vec<String>) -> Result<(), CliErro
 
 /// Parse `args`, handling `-h/--help` and `-V/--version` (which every
 /// command has) by printing.
-pub fn parse(
+pub(crate) fn parse(
     name: &str,
     synopsis: &str,
     opts: &Options,
@@ -122,7 +117,7 @@ pub fn parse(
 /// Add `-h/--help` and `-V/--version`.
 /// `--help`: getopts' usage text without the trailing spaces it leaves
 /// after a long option name.
-pub fn help_text(opts: &Options, brief: &str) -> String {
+pub(crate) fn help_text(opts: &Options, brief: &str) -> String {
     opts.usage(brief)
         .lines()
         .map(|l| format!("{}\n", l.trim_end()))
@@ -130,13 +125,13 @@ pub fn help_text(opts: &Options, brief: &str) -> String {
 }
 
 /// `-h` and `-V`, which every command has, last in its help.
-pub fn standard_options(opts: &mut Options) {
+pub(crate) fn standard_options(opts: &mut Options) {
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");
 }
 
 /// An option's value parsed as `T`, or `default` when absent.
-pub fn value<T>(m: &Matches, name: &str, default: T) -> Result<T, CliError>
+pub(crate) fn value<T>(m: &Matches, name: &str, default: T) -> Result<T, CliError>
 where
     T: FromStr,
     T::Err: Display,
@@ -152,11 +147,15 @@ where
 
 /// The range of every duration option: a millisecond to a million seconds
 /// (about 11.5 days); beyond it a value is a typo, not a timeout.
-pub const MIN_SECONDS: f64 = 0.001;
-pub const MAX_SECONDS: f64 = 1_000_000.0;
+pub(crate) const MIN_SECONDS: f64 = 0.001;
+pub(crate) const MAX_SECONDS: f64 = 1_000_000.0;
 
 /// A duration option given in (possibly fractional) seconds.
-pub fn seconds(m: &Matches, name: &str, default: f64) -> Result<std::time::Duration, CliError> {
+pub(crate) fn seconds(
+    m: &Matches,
+    name: &str,
+    default: f64,
+) -> Result<std::time::Duration, CliError> {
     let s: f64 = value(m, name, default)?;
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&s) {
         return Err(CliError::Usage(format!(
@@ -167,7 +166,7 @@ pub fn seconds(m: &Matches, name: &str, default: f64) -> Result<std::time::Durat
 }
 
 /// `-L`: install the stderr logger at the given level.
-pub fn init_logging(m: &Matches, name: &str) -> Result<(), CliError> {
+pub(crate) fn init_logging(m: &Matches, name: &str) -> Result<(), CliError> {
     let level = match m.opt_str(name) {
         None => log::LevelFilter::Info,
         Some(s) => crate::util::logger::parse_level(&s).map_err(CliError::Usage)?,

@@ -16,15 +16,15 @@
 mod access;
 mod clients;
 mod ctx;
-pub mod environ;
+pub(crate) mod environ;
 mod event_loop;
 mod exchange;
-pub mod metrics;
-pub mod outbuf;
+pub(crate) mod metrics;
+pub(crate) mod outbuf;
 mod reqbody;
 mod resolver;
 mod spill;
-pub mod status;
+pub(crate) mod status;
 mod workers;
 
 use std::net::SocketAddr;

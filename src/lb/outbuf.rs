@@ -59,6 +59,7 @@ impl OutBuf {
         self.pending() == 0
     }
 
+    #[cfg(test)]
     pub fn is_spilled(&self) -> bool {
         self.spill.is_some()
     }

@@ -5,8 +5,10 @@ pub mod allow;
 pub mod linelog;
 pub mod logger;
 pub mod net;
+#[cfg(feature = "testing")]
 pub mod procinfo;
 pub mod ratelog;
+#[cfg(any(test, feature = "testing"))]
 pub mod rng;
 pub mod signals;
 pub mod spill;

@@ -51,11 +51,6 @@ impl<K: Hash + Eq> LogLimiter<K> {
         }
     }
 
-    /// Forget `key` (its condition cleared), so the next one is logged.
-    pub fn forget(&mut self, key: &K) {
-        self.seen.remove(key);
-    }
-
     /// Forget every key for which `f` is true.
     pub fn forget_if(&mut self, mut f: impl FnMut(&K) -> bool) {
         self.seen.retain(|k, _| !f(k));
@@ -85,7 +80,7 @@ mod tests {
         assert_eq!(l.check("a", t0 + Duration::from_secs(2)), None);
         assert_eq!(l.check("a", t0 + Duration::from_secs(61)), Some(2));
         assert_eq!(l.check("a", t0 + Duration::from_secs(62)), None);
-        l.forget(&"a");
+        l.forget_if(|k| *k == "a");
         assert_eq!(l.check("a", t0 + Duration::from_secs(63)), Some(0));
         assert_eq!(held_back(0), "");
         assert_eq!(held_back(3), " (3 more since the last message)");

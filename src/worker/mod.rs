@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+pub use crate::tracelog::Trace;
+pub use crate::util::spill::BodyReader;
 pub use app::{App, AppError, Body, Request, Response};
 
 use crate::net::{Bound, Control};
@@ -137,7 +139,7 @@ pub struct Worker {
     timer: (Sender<TimerMsg>, Receiver<TimerMsg>),
 }
 
-pub use crate::util::net::resolve;
+pub(crate) use crate::util::net::resolve;
 
 impl Worker {
     /// Bind the listening socket.

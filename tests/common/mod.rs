@@ -498,7 +498,7 @@ pub fn pool_workers(path: &std::path::Path) -> Vec<String> {
 }
 
 #[allow(unused_imports)]
-pub use resumelb::util::procinfo::rss_kib;
+pub use resumelb::testing::rss_kib;
 
 /// Open descriptors of a process that point at deleted spill files.
 pub fn spill_fds(pid: u32) -> usize {
