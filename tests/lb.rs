@@ -266,7 +266,9 @@ fn slow_client_response_spills_to_disk_with_bounded_memory() {
         format!("GET /1?size={size} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n").as_bytes(),
     );
     // The worker finishes (its backlog drops to 0) while we do not read.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the response to reach a spill file", T, || {
+        spill_fds(pid) >= 1
+    });
     wait_until("the worker to finish", T, || {
         status(&sock)["backlog"].as_i64() == Some(0)
     });
@@ -394,12 +396,16 @@ fn status_document_and_get_lb_status() {
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
+    let dir = TempDir::new("term");
+    let sock = dir.path("lb.sock");
     let w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
-    let mut lb = lb_with(&[&w], &[]);
+    let mut lb = lb_with(&[&w], &["-s", sock.to_str().unwrap()]);
     wait_joined(&lb, 1);
     let mut c = HttpConn::connect(lb.addr);
     c.send(b"GET /1?sleep=1000 HTTP/1.1\r\nHost: s\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the request at the worker", T, || {
+        status(&sock)["backlog"].as_i64() == Some(1)
+    });
     lb.proc.signal("TERM");
     let r = c.response(false).unwrap();
     assert_eq!(r.status, 200);
@@ -422,7 +428,10 @@ fn no_worker_waits_then_is_served_or_gets_503() {
 
     let mut c = HttpConn::connect(lb.addr);
     c.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    let sock = dir.path("s");
+    wait_until("the request to wait for a worker", T, || {
+        status(&sock)["waiting"].as_u64() == Some(1)
+    });
     let _w = common::Proc::start(
         WORKER,
         &["-a", &addr, "--app", "demo", "--demo-miss-ms", "0"],
@@ -525,7 +534,11 @@ fn changing_the_worker_set_never_opens_two_connections_to_one_address() {
         handle.send(Command::SetWorkers(vec![spec.clone()]));
         handle.send(Command::SetWorkers(vec![spec.clone(), spec.clone()]));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Commands are taken in order: once a scrape is answered, the LB has
+    // taken every list before it.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    handle.send(Command::Scrape(tx));
+    rx.recv_timeout(T).expect("a scrape answer");
     assert_eq!(get(addr, "x", "/1").status, 200);
     let connected = w
         .proc

@@ -411,7 +411,8 @@ fn lb_and_worker_under_zdaemon() {
     std::fs::rename(&trace, dir.path("trace.log.1")).unwrap();
     zd(&lconf, "logreopen");
     zd(&wconf, "logreopen");
-    std::thread::sleep(Duration::from_millis(300));
+    // Reopening creates the files again.
+    wait_until("the logs reopened", T, || access.exists() && trace.exists());
     assert_eq!(get(lb, "z", "/reopened").status, 200);
     wait_until("new access log", T, || {
         std::fs::read_to_string(&access)
@@ -441,7 +442,9 @@ fn lb_and_worker_under_zdaemon() {
     // stop: SIGTERM, the request in flight completes, no restart.
     let mut slow = HttpConn::connect(lb);
     slow.send(b"GET /3?sleep=1500 HTTP/1.1\r\nHost: z\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the request at the app", T, || {
+        std::fs::read_to_string(&trace).is_ok_and(|t| t.contains("GET /3?sleep=1500"))
+    });
     zd(&lconf, "stop");
     assert_eq!(slow.response(false).unwrap().status, 200);
     assert!(!zd(&lconf, "status").contains("program running"));

@@ -275,14 +275,11 @@ fn trace_log_records_one_request_in_order() {
     lb.greeting();
     let r = lb.request(1, environ("POST", "/7", "q=1", "t"), b"12345");
     assert_eq!(r.code(), 200);
-    let deadline = Instant::now() + T;
-    let text = loop {
-        let text = std::fs::read_to_string(&trace).unwrap_or_default();
-        if text.lines().any(|l| l.starts_with("E 1.1 ")) || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let read = || std::fs::read_to_string(&trace).unwrap_or_default();
+    wait_until("the request's end in the trace", T, || {
+        read().lines().any(|l| l.starts_with("E 1.1 "))
+    });
+    let text = read();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("S 0 "), "{text}");
     let mine: Vec<(&str, &str)> = lines
@@ -301,11 +298,23 @@ fn trace_log_records_one_request_in_order() {
 
 #[test]
 fn sigterm_drains_and_finishes_the_request_in_flight() {
-    let mut w = start_worker(&["--app", "demo", "--demo-miss-ms", "0"]);
+    let dir = TempDir::new("wterm");
+    let trace = dir.path("trace.log");
+    let trace_arg = trace.to_str().unwrap();
+    let mut w = start_worker(&[
+        "--app",
+        "demo",
+        "--demo-miss-ms",
+        "0",
+        "--tracelog",
+        trace_arg,
+    ]);
     let mut lb = TestLb::connect(w.addr);
     lb.greeting();
     lb.send_request(1, environ("GET", "/", "sleep=1500", "s"), b"");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the app to be called", T, || {
+        std::fs::read_to_string(&trace).is_ok_and(|t| t.lines().any(|l| l.starts_with("C 1.1 ")))
+    });
     w.proc.signal("TERM");
     assert!(matches!(lb.recv_skip_keepalive(), Some(ToLb::Drain)));
     let r = lb.collect(1, &mut Vec::new());
@@ -429,8 +438,11 @@ fn upstream_app_in_front_of_waitress() {
     assert_eq!(r.body, b"not found");
 
     // Upstream gone: 502 from the worker, logged.
+    let port = ws.port;
     drop(ws);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("waitress to be gone", T, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
     let r = lb.request(6, environ("GET", "/echo", "", "x"), b"");
     assert_eq!(r.code(), 502);
     w.proc.wait_for("upstream", T);

@@ -128,8 +128,17 @@ impl Clients {
         self.map.len()
     }
 
+    /// Requests waiting for a worker (the queue may still hold some that
+    /// ended meanwhile: they are dropped as it is served).
     pub(super) fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.iter().filter(|&&k| self.is_waiting(k)).count()
+    }
+
+    fn is_waiting(&self, key: ClientKey) -> bool {
+        self.map
+            .get(key)
+            .and_then(|c| c.req.as_ref())
+            .is_some_and(|r| r.ex.is_waiting())
     }
 
     /// Exchanges in progress (cut off by an exit at once).
@@ -284,12 +293,7 @@ impl Clients {
     /// The oldest request still waiting for a worker.
     pub(super) fn first_waiting(&mut self) -> Option<ClientKey> {
         while let Some(&key) = self.waiting.front() {
-            let waiting = self
-                .map
-                .get(key)
-                .and_then(|c| c.req.as_ref())
-                .is_some_and(|r| r.ex.is_waiting());
-            if waiting {
+            if self.is_waiting(key) {
                 return Some(key);
             }
             self.waiting.pop_front();
