@@ -10,14 +10,19 @@ use std::time::Instant;
 
 use mio::Registry;
 
-use super::clients::ClientKey;
 use super::metrics::Metrics;
 use super::spill::SpillIo;
-use super::workers::WorkerKey;
 use super::LbConfig;
 use crate::net::{Deadlines, DirtySet};
 use crate::pool::Balancer;
 use crate::proto::{ResponseHead, Rno};
+
+slotmap::new_key_type! {
+    /// A client connection (its token, too).
+    pub(in crate::lb) struct ClientKey;
+    /// A worker connection (its token, too).
+    pub(in crate::lb) struct WorkerKey;
+}
 
 /// Counters for the status document and metrics.
 #[derive(Debug, Default, Clone)]

@@ -12,6 +12,7 @@ use mio::{Poll, Token};
 
 use super::clients::{self, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
 use super::ctx::{Ctx, Dirty, Due, Effect};
+use super::report;
 use super::reqbody::BODY_BIT;
 use super::resolver::Resolver;
 use super::spill::{SpillIo, SpillRead};
@@ -266,7 +267,7 @@ impl Loop {
                 Command::StopNow => stops.at_once(),
                 Command::Reopen => self.ctx.cfg.access_log.reopen(),
                 Command::Scrape(tx) => {
-                    let text = super::status::metrics_text(&self.ctx, &self.workers, &self.clients);
+                    let text = report::metrics_text(&self.ctx, &self.workers, &self.clients);
                     let _ = tx.send(text);
                 }
             }
@@ -376,8 +377,9 @@ impl Reactor for Loop {
     fn ready(&mut self, token: Token, ready: Ready) {
         if token == STATUS {
             let registry = self.poll.registry();
+            let (ctx, workers, clients) = (&self.ctx, &self.workers, &self.clients);
             self.status
-                .accept(registry, &self.ctx, &self.workers, &self.clients);
+                .accept(registry, || report::document(ctx, workers, clients));
         } else {
             self.conn_event(token, ready);
         }

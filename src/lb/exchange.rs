@@ -264,6 +264,8 @@ mod tests {
         let t = Instant::now();
         let mut ex = Exchange::new(ask(), false, t);
         assert_eq!(ex.phase(), Phase::Body);
+        assert_eq!(ex.worker_lost(), Lost::NotOnWorker);
+        assert_eq!(ex.cancel_when_gone(), None);
         assert_eq!(
             ex.deadline(LIMIT, secs(t, 1)),
             (secs(t, 11), Expiry::Status(408))

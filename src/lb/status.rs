@@ -1,5 +1,6 @@
 //! The status server: each connection to the Unix socket gets one JSON
-//! document (resumelb-protocol(7), "Status document") and a newline.
+//! document (resumelb-protocol(7), "Status document"; made in `report`)
+//! and a newline; and `get-lb-status`'s text form of it.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -7,12 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
-use serde_json::{json, Value};
+use serde_json::Value;
 use slotmap::{Key, SlotMap};
 
-use super::clients::Clients;
-use super::ctx::Ctx;
-use super::workers::Workers;
 use crate::net::conn_token;
 
 slotmap::new_key_type! { pub(super) struct StatusKey; }
@@ -101,18 +99,12 @@ impl Status {
     }
 
     /// Each new connection gets the document as it is now.
-    pub(super) fn accept(
-        &mut self,
-        registry: &Registry,
-        ctx: &Ctx,
-        workers: &Workers,
-        clients: &Clients,
-    ) {
+    pub(super) fn accept(&mut self, registry: &Registry, document: impl Fn() -> Vec<u8>) {
         loop {
             let Some((l, _)) = &self.listener else { return };
             match l.accept() {
                 Ok((stream, _)) => {
-                    let doc = document(ctx, workers, clients);
+                    let doc = document();
                     let key = self.conns.insert(StatusConn {
                         stream,
                         doc,
@@ -198,170 +190,8 @@ pub fn is_not_a_socket(path: &std::path::Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket())
 }
 
-fn unix_secs(t: SystemTime) -> u64 {
+pub(super) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The status document, as JSON text with a newline.
-fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u8> {
-    let st = ctx.balancer.status();
-    let mut rows: Vec<(String, Value, Value)> = Vec::new();
-    for ws in &st.workers {
-        let Some(w) = workers.by_id(ws.id) else {
-            continue;
-        };
-        let oldest = w.oldest().map_or(Value::Null, |t| json!(unix_secs(t)));
-        rows.push((
-            w.addr.clone(),
-            json!([w.addr, ws.backlog, ws.mean_backlog, oldest]),
-            json!([w.addr, w.unsent()]),
-        ));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut details = serde_json::Map::new();
-    for ws in &st.workers {
-        if let Some(w) = workers.by_id(ws.id) {
-            let mut d = json!({"resume_size": ws.resume_size});
-            if let Some(h) = &w.hello {
-                d["threads"] = json!(h.threads);
-                d["pid"] = json!(h.pid);
-                d["version"] = json!(h.version);
-            }
-            details.insert(w.addr.clone(), d);
-        }
-    }
-    let settings = ctx.balancer.settings();
-    let doc = json!({
-        "backlog": st.backlog,
-        "mean_backlog": st.mean_backlog,
-        "workers": rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
-        "workers_ex": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
-        "worker_details": details,
-        "waiting": clients.waiting(),
-        "clients": clients.len(),
-        "settings": {
-            "variance": settings.variance,
-            "backlog_history": settings.backlog_history,
-            "unskilled_score": settings.unskilled_score,
-        },
-        "version": ctx.balancer.current_version(),
-        "retries": ctx.counters.retries,
-        "bad_gateway": ctx.counters.bad_gateway,
-        "spilled_bytes": ctx.counters.spilled_bytes,
-    });
-    let mut out = doc.to_string().into_bytes();
-    out.push(b'\n');
-    out
-}
-
-/// Prometheus text: the counters, then the pool and the workers.
-pub(super) fn metrics_text(ctx: &Ctx, workers: &Workers, clients: &Clients) -> String {
-    use super::metrics::{escape, family};
-    let mut out = String::with_capacity(4096);
-    ctx.metrics.render(&mut out);
-    let st = ctx.balancer.status();
-    family(
-        &mut out,
-        "resumelb_pool_backlog",
-        "gauge",
-        "Requests in flight in the pool.",
-        &[(String::new(), st.backlog as f64)],
-    );
-    family(
-        &mut out,
-        "resumelb_pool_mean_backlog",
-        "gauge",
-        "The pool's decayed mean backlog.",
-        &[(String::new(), st.mean_backlog)],
-    );
-    let mut backlog = Vec::new();
-    let mut mean = Vec::new();
-    let mut size = Vec::new();
-    for ws in &st.workers {
-        if let Some(w) = workers.by_id(ws.id) {
-            let l = format!("worker=\"{}\"", escape(&w.addr));
-            backlog.push((l.clone(), ws.backlog as f64));
-            mean.push((l.clone(), ws.mean_backlog));
-            size.push((l, ws.resume_size as f64));
-        }
-    }
-    backlog.sort_by(|a, b| a.0.cmp(&b.0));
-    mean.sort_by(|a, b| a.0.cmp(&b.0));
-    size.sort_by(|a, b| a.0.cmp(&b.0));
-    family(
-        &mut out,
-        "resumelb_worker_backlog",
-        "gauge",
-        "Requests in flight on a worker.",
-        &backlog,
-    );
-    family(
-        &mut out,
-        "resumelb_worker_mean_backlog",
-        "gauge",
-        "A worker's decayed mean backlog.",
-        &mean,
-    );
-    family(
-        &mut out,
-        "resumelb_worker_resume_size",
-        "gauge",
-        "Request classes in a worker's résumé.",
-        &size,
-    );
-    let mut up: Vec<(String, f64)> = workers
-        .addresses()
-        .map(|(addr, up)| {
-            (
-                format!("worker=\"{}\"", escape(addr)),
-                if up { 1.0 } else { 0.0 },
-            )
-        })
-        .collect();
-    up.sort_by(|a, b| a.0.cmp(&b.0));
-    family(
-        &mut out,
-        "resumelb_worker_up",
-        "gauge",
-        "1 when a configured worker is connected and in the pool.",
-        &up,
-    );
-    family(
-        &mut out,
-        "resumelb_retries_total",
-        "counter",
-        "Requests sent again after their worker was lost.",
-        &[(String::new(), ctx.counters.retries as f64)],
-    );
-    family(
-        &mut out,
-        "resumelb_bad_gateway_total",
-        "counter",
-        "502 responses for lost or failing workers.",
-        &[(String::new(), ctx.counters.bad_gateway as f64)],
-    );
-    family(
-        &mut out,
-        "resumelb_spilled_bytes_total",
-        "counter",
-        "Response bytes buffered on disk for slow clients.",
-        &[(String::new(), ctx.counters.spilled_bytes as f64)],
-    );
-    family(
-        &mut out,
-        "resumelb_clients",
-        "gauge",
-        "Open client connections.",
-        &[(String::new(), clients.len() as f64)],
-    );
-    family(
-        &mut out,
-        "resumelb_waiting",
-        "gauge",
-        "Requests waiting for a worker.",
-        &[(String::new(), clients.waiting() as f64)],
-    );
-    out
 }
 
 /// `get-lb-status` text: backlog, mean backlog, and a table of workers.
@@ -408,6 +238,7 @@ pub fn format_text(doc: &Value, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::time::Duration;
 
     #[test]

@@ -18,18 +18,18 @@ use mio::Interest;
 use slotmap::{Key, SlotMap};
 
 use super::access;
+use super::ctx::WorkerKey;
 use super::ctx::{Ctx, Dirty, Due, Effect};
 use super::exchange::{Exchange, Expiry};
 use super::outbuf::OutBuf;
 use super::reqbody::{Piece, ReqBody};
-use super::workers::WorkerKey;
 use crate::http::request::{Limits, RequestHead};
 use crate::http::HttpError;
 use crate::net::{conn_token, read_chunk, Armed, Chunk, READ_CHUNK};
 use crate::proto::{Environ, Rno};
 use crate::util::time::after;
 
-slotmap::new_key_type! { pub(in crate::lb) struct ClientKey; }
+pub(super) use super::ctx::ClientKey;
 
 /// The token kind of client connections.
 pub(super) const KIND: u8 = 1;

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use mio::net::TcpStream;
 use slotmap::SlotMap;
 
-use super::clients::ClientKey;
+use super::ctx::ClientKey;
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
 use super::reqbody::Piece;
 use super::resolver::Resolver;
@@ -23,7 +23,7 @@ use crate::util::ratelog::LogLimiter;
 use crate::util::time::after;
 use crate::util::wbuf::WriteBuf;
 
-slotmap::new_key_type! { pub(in crate::lb) struct WorkerKey; }
+pub(super) use super::ctx::WorkerKey;
 
 /// The token kind of worker connections.
 pub(super) const KIND: u8 = 2;
