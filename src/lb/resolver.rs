@@ -54,3 +54,26 @@ impl Resolver {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn addresses_are_taken_as_they_are_and_names_are_answered_by_the_thread() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).unwrap());
+        let r = Resolver::start(waker).unwrap();
+        assert_eq!(r.lookup("127.0.0.1:81"), Some(([127, 0, 0, 1], 81).into()));
+        assert_eq!(r.lookup("[::1]:82"), Some("[::1]:82".parse().unwrap()));
+        assert_eq!(r.lookup(":83"), Some(([0, 0, 0, 0], 83).into()));
+        assert!(r.rx.is_empty(), "no thread round trip for addresses");
+        assert_eq!(r.lookup("localhost:84"), None);
+        let answer = r.rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(answer.addr, "localhost:84");
+        if let Ok(sa) = answer.result {
+            assert!(sa.ip().is_loopback() && sa.port() == 84);
+        }
+    }
+}
