@@ -46,6 +46,10 @@ pub enum ProtoError {
     Shape { rno: Rno, what: String },
     /// A frame we were asked to send is larger than the format allows.
     Unencodable(String),
+    /// A well-formed frame that cannot come now: `what` for request `rno`
+    /// (a second response head, a body before the head, a request number
+    /// in use, a second challenge, an answer nobody asked for).
+    Sequence { rno: Rno, what: &'static str },
 }
 
 impl fmt::Display for ProtoError {
@@ -59,6 +63,7 @@ impl fmt::Display for ProtoError {
                 write!(f, "{extra} bytes after the CBOR item in a frame")
             }
             ProtoError::Shape { rno, what } => write!(f, "unexpected {what} on rno {rno}"),
+            ProtoError::Sequence { rno, what } => write!(f, "{what} (request {rno})"),
             ProtoError::Unencodable(why) => write!(f, "cannot encode frame: {why}"),
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::super::ctx::{Ctx, Dirty, Effect, Response};
 use super::{Handshake, WorkerKey, Workers};
 use crate::net::{each_frame, read_chunk, Chunk, FrameFault};
-use crate::proto::{encode_auth, Rno, ToLb, DEFAULT_MAX_FRAME};
+use crate::proto::{encode_auth, ProtoError, Rno, ToLb, DEFAULT_MAX_FRAME};
 
 impl Workers {
     pub(in crate::lb) fn event(
@@ -89,7 +89,7 @@ impl Workers {
     }
 
     /// Handle every whole frame in a worker's read buffer.
-    fn take_frames(&mut self, key: WorkerKey, ctx: &mut Ctx) -> Result<(), String> {
+    fn take_frames(&mut self, key: WorkerKey, ctx: &mut Ctx) -> Result<(), ProtoError> {
         let Some(w) = self.map.get_mut(key) else {
             return Ok(());
         };
@@ -106,12 +106,11 @@ impl Workers {
             w.rbuf = rbuf;
         }
         result.map_err(|e| match e {
-            FrameFault::Decode(e) => e.to_string(),
-            FrameFault::Handler(why) => why,
+            FrameFault::Decode(e) | FrameFault::Handler(e) => e,
         })
     }
 
-    fn message(&mut self, key: WorkerKey, msg: ToLb, ctx: &mut Ctx) -> Result<(), String> {
+    fn message(&mut self, key: WorkerKey, msg: ToLb, ctx: &mut Ctx) -> Result<(), ProtoError> {
         if !self.handshake(key, &msg, ctx)? {
             return Ok(());
         }
@@ -148,7 +147,10 @@ impl Workers {
             }
             ToLb::Head(rno, head) => {
                 let client = match w.inflight.get_mut(&rno) {
-                    Some(f) if f.head => return Err(format!("second response head for {rno}")),
+                    Some(f) if f.head => {
+                        let what = "a second response head";
+                        return Err(ProtoError::Sequence { rno, what });
+                    }
                     Some(f) => {
                         f.head = true;
                         f.client
@@ -159,7 +161,10 @@ impl Workers {
             }
             ToLb::Body(rno, data) => {
                 let client = match w.inflight.get(&rno) {
-                    Some(f) if !f.head => return Err(format!("body before the head for {rno}")),
+                    Some(f) if !f.head => {
+                        let what = "a body before the response head";
+                        return Err(ProtoError::Sequence { rno, what });
+                    }
                     Some(f) => f.client,
                     None => return Ok(()),
                 };
@@ -191,7 +196,7 @@ impl Workers {
 
     /// The shared-secret handshake's part of a worker message: false when
     /// the message was the handshake's (or ended the connection).
-    fn handshake(&mut self, key: WorkerKey, msg: &ToLb, ctx: &mut Ctx) -> Result<bool, String> {
+    fn handshake(&mut self, key: WorkerKey, msg: &ToLb, ctx: &mut Ctx) -> Result<bool, ProtoError> {
         let Some(w) = self.map.get_mut(key) else {
             return Ok(false);
         };
@@ -213,7 +218,10 @@ impl Workers {
                 "did not send a challenge: it has no shared secret (--secret-file), \
                  and this LB talks only to workers that prove they have it"
             }
-            (ToLb::Challenge(_), _, _) => return Err("a second challenge".into()),
+            (ToLb::Challenge(_), _, _) => {
+                let what = "a second challenge";
+                return Err(ProtoError::Sequence { rno: 0, what });
+            }
             (_, Handshake::Answered, _) => {
                 w.handshake = Handshake::Open;
                 let addr = w.addr.clone();

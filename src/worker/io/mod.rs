@@ -165,11 +165,11 @@ impl IoLoop {
         let mut outcome = if conn.rbuf.is_empty() {
             Ok(())
         } else {
-            conn.take_frames(&mut self.ctx)
+            conn.take_frames(&mut self.ctx).map_err(|c| c.to_string())
         };
         while outcome.is_ok() && !self.ctx.paused {
             outcome = match read_chunk(&mut conn.stream, &mut conn.rbuf) {
-                Chunk::Data => conn.take_frames(&mut self.ctx),
+                Chunk::Data => conn.take_frames(&mut self.ctx).map_err(|c| c.to_string()),
                 Chunk::Empty => break,
                 Chunk::Closed => Err("closed by the LB".to_string()),
                 Chunk::Failed(e) => Err(e.to_string()),

@@ -15,7 +15,7 @@ use super::super::bodies::{Body, BodyIo};
 use super::super::shared::{Flow, Job};
 use crate::net::{each_frame, Armed, FrameFault};
 use crate::proto::auth::{nonce, Secret};
-use crate::proto::{encode_challenge, encode_null, Rno, ToWorker};
+use crate::proto::{encode_challenge, encode_null, ProtoError, Rno, ToWorker};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
 use crate::util::ratelog::{held_back, LogLimiter};
@@ -318,7 +318,7 @@ impl LbConn {
 
     /// Decode and handle every whole frame in the read buffer; an error
     /// closes the connection (logged here, or rate-limited where found).
-    pub(super) fn take_frames(&mut self, ctx: &mut Ctx) -> Result<(), String> {
+    pub(super) fn take_frames(&mut self, ctx: &mut Ctx) -> Result<(), Closing> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let result = loop {
             let challenged = self.challenge.is_some();
@@ -337,7 +337,7 @@ impl LbConn {
                         // Answered: the frame limit changes for the rest.
                         return Ok(self.challenge.is_some());
                     }
-                    self.handle(ctx, msg).map_err(Closing::Protocol)?;
+                    self.handle(ctx, msg)?;
                     Ok(!ctx.paused)
                 },
             );
@@ -357,15 +357,12 @@ impl LbConn {
                 );
                 Closing::Handshake(e.to_string())
             }
-            Err(FrameFault::Decode(e)) => Closing::Protocol(e.to_string()),
+            Err(FrameFault::Decode(e)) => Closing::Protocol(e),
         };
-        Err(match closing {
-            Closing::Protocol(why) => {
-                log::error!("protocol error from LB {}: {why}", self.peer);
-                format!("protocol error: {why}")
-            }
-            Closing::Handshake(why) => format!("handshake failed: {why}"),
-        })
+        if let Closing::Protocol(e) = &closing {
+            log::error!("protocol error from LB {}: {e}", self.peer);
+        }
+        Err(closing)
     }
 
     pub(super) fn request_id(&self, rno: Rno) -> String {
@@ -373,10 +370,22 @@ impl LbConn {
     }
 }
 
-/// Why a connection is closed while reading from it.
+/// Why a connection is closed while its frames are taken.
 pub(super) enum Closing {
-    /// A protocol error (logged where the frames are taken).
-    Protocol(String),
+    /// The LB broke the protocol (logged where the frames are taken).
+    Protocol(ProtoError),
     /// A failed handshake (logged, rate-limited, where it was found).
     Handshake(String),
+    /// The app threads are gone: the process is going down.
+    AppsGone,
+}
+
+impl std::fmt::Display for Closing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Closing::Protocol(e) => write!(f, "protocol error: {e}"),
+            Closing::Handshake(why) => write!(f, "handshake failed: {why}"),
+            Closing::AppsGone => f.write_str("the app threads are gone"),
+        }
+    }
 }

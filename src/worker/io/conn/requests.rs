@@ -9,18 +9,22 @@ use super::super::super::app::Request;
 use super::super::super::bodies::{status_response, Body};
 use super::super::super::shared::Job;
 use super::super::super::validate;
-use super::{Ctx, LbConn, Req};
-use crate::proto::{Rno, ToWorker};
+use super::{Closing, Ctx, LbConn, Req};
+use crate::proto::{ProtoError, Rno, ToWorker};
 use crate::util::spill::BodyReader;
 
 impl LbConn {
-    pub(super) fn handle(&mut self, ctx: &mut Ctx, msg: ToWorker) -> Result<(), String> {
+    pub(super) fn handle(&mut self, ctx: &mut Ctx, msg: ToWorker) -> Result<(), Closing> {
         match msg {
             ToWorker::KeepAlive => {}
-            ToWorker::Auth(_) => return Err("an answer to a challenge that was not sent".into()),
+            ToWorker::Auth(_) => {
+                let what = "an answer to a challenge that was not sent";
+                return Err(Closing::Protocol(ProtoError::Sequence { rno: 0, what }));
+            }
             ToWorker::Environ(rno, pairs) => {
                 if self.requests.contains_key(&rno) {
-                    return Err(format!("request number {rno} reused while in flight"));
+                    let what = "a request number reused while in flight";
+                    return Err(Closing::Protocol(ProtoError::Sequence { rno, what }));
                 }
                 let environ = match validate::environ(pairs) {
                     Ok(env) => env,
@@ -77,7 +81,7 @@ impl LbConn {
 
     /// A request is complete: to the app threads (a spilled body by way of
     /// the body thread); a refused one is answered 400.
-    fn end_of_body(&mut self, ctx: &mut Ctx, rno: Rno) -> Result<(), String> {
+    fn end_of_body(&mut self, ctx: &mut Ctx, rno: Rno) -> Result<(), Closing> {
         let (req_id, environ, body) = match self.requests.remove(&rno) {
             Some(Req::Receiving {
                 req_id,
@@ -117,7 +121,7 @@ impl LbConn {
         };
         if let Some(job) = body.finish(job, &ctx.bodies) {
             if ctx.jobs.send(job).is_err() {
-                return Err("app threads are gone".into());
+                return Err(Closing::AppsGone);
             }
         }
         ctx.busy += 1;
