@@ -42,6 +42,14 @@ pub fn to_latin1(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The first value of header `name` (any case) in a list of headers.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never passed on by a proxy.
 pub const HOP_BY_HOP: [&str; 9] = [
     "connection",

@@ -55,10 +55,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first value of a header (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header(&self.headers, name)
     }
 
     pub fn is_head(&self) -> bool {

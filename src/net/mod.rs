@@ -42,6 +42,39 @@ pub(crate) fn conn_token(kind: u8, key: KeyData) -> Token {
     Token((ffi | (u64::from(kind) << 30)) as usize)
 }
 
+/// Register a new connection's socket for reading and writing under its
+/// token. False (logged, naming `peer`) when that fails: the caller drops
+/// the connection.
+pub(crate) fn register_conn(
+    registry: &Registry,
+    stream: &mut TcpStream,
+    kind: u8,
+    key: KeyData,
+    peer: &dyn std::fmt::Display,
+) -> bool {
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    match registry.register(stream, conn_token(kind, key), interest) {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("cannot register the connection with {peer}: {e}");
+            false
+        }
+    }
+}
+
+/// The connection a popped deadline entry at `at` is for, if the entry is
+/// still the one it is armed for (it is disarmed then); `None` for a gone
+/// connection or a stale entry.
+pub(crate) fn fired<K: slotmap::Key, V>(
+    map: &mut slotmap::SlotMap<K, V>,
+    key: K,
+    at: std::time::Instant,
+    armed: impl FnOnce(&mut V) -> &mut Armed,
+) -> Option<&mut V> {
+    let conn = map.get_mut(key)?;
+    armed(conn).fire(at).then_some(conn)
+}
+
 /// The kind and key of a connection's token; `None` for a fixed token.
 pub(crate) fn token_conn(token: Token) -> Option<(u8, KeyData)> {
     let t = token.0 as u64;

@@ -376,10 +376,7 @@ pub struct HttpResp {
 
 impl HttpResp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        resumelb::http::header(&self.headers, name)
     }
 
     pub fn json(&self) -> serde_json::Value {

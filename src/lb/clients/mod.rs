@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
-use mio::Interest;
 use slotmap::{Key, SlotMap};
 
 use super::access;
@@ -25,7 +24,7 @@ use super::outbuf::OutBuf;
 use super::reqbody::{Piece, ReqBody};
 use crate::http::request::{Limits, RequestHead};
 use crate::http::HttpError;
-use crate::net::{conn_token, read_chunk, Armed, Chunk, READ_CHUNK};
+use crate::net::{fired, read_chunk, register_conn, Armed, Chunk, READ_CHUNK};
 use crate::proto::{Environ, Rno};
 use crate::util::time::after;
 
@@ -170,10 +169,7 @@ impl Clients {
             armed: Armed::default(),
         });
         let c = &mut self.map[key];
-        let token = conn_token(KIND, key.data());
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = ctx.registry.register(&mut c.stream, token, interest) {
-            log::error!("cannot register client {peer}: {e}");
+        if !register_conn(&ctx.registry, &mut c.stream, KIND, key.data(), &peer) {
             self.map.remove(key);
             return;
         }
@@ -465,12 +461,9 @@ impl Clients {
     /// A deadline entry for the client came due: act if its time has come
     /// (activity may have moved it), else arm again.
     pub(super) fn on_deadline(&mut self, key: ClientKey, at: Instant, now: Instant, ctx: &mut Ctx) {
-        let Some(c) = self.map.get_mut(key) else {
+        let Some(c) = fired(&mut self.map, key, at, |c| &mut c.armed) else {
             return;
         };
-        if !c.armed.fire(at) {
-            return;
-        }
         let (due, what) = c.deadline(ctx.cfg.socket_timeout);
         if due > now {
             self.arm(key, ctx);

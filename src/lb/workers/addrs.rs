@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use mio::Interest;
 use slotmap::Key;
 
 use super::super::ctx::{Ctx, Due};
 use super::super::resolver::Resolved;
 use super::super::WorkerSpec;
 use super::{Addr, Handshake, WorkerConn, Workers, KIND};
-use crate::net::{conn_token, Armed};
+use crate::net::{register_conn, Armed};
 use crate::pool::WorkerId;
 use crate::util::ratelog::held_back;
 use crate::util::time::after;
@@ -193,10 +192,8 @@ impl Workers {
             armed: Armed::default(),
         });
         let w = &mut self.map[key];
-        let token = conn_token(KIND, key.data());
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = ctx.registry.register(&mut w.stream, token, interest) {
-            log::error!("cannot register worker {addr}: {e}");
+        let peer = format!("worker {addr}");
+        if !register_conn(&ctx.registry, &mut w.stream, KIND, key.data(), &peer) {
             self.map.remove(key);
             return;
         }

@@ -16,7 +16,7 @@ use super::ctx::ClientKey;
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
 use super::reqbody::Piece;
 use super::resolver::Resolver;
-use crate::net::Armed;
+use crate::net::{fired, Armed};
 use crate::pool::WorkerId;
 use crate::proto::{encode_body, encode_end, encode_environ, encode_null, Environ, Hello, Rno};
 use crate::util::ratelog::LogLimiter;
@@ -388,12 +388,9 @@ impl Workers {
 
     /// Keep-alives, and the dead-worker (or connect) timeout.
     pub(super) fn on_deadline(&mut self, key: WorkerKey, at: Instant, now: Instant, ctx: &mut Ctx) {
-        let Some(w) = self.map.get_mut(key) else {
+        let Some(w) = fired(&mut self.map, key, at, |w| &mut w.armed) else {
             return;
         };
-        if !w.armed.fire(at) {
-            return;
-        }
         if now >= after(w.last_read, ctx.cfg.dead_worker_timeout) {
             let why = if w.connected {
                 "dead-worker timeout"

@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use slotmap::{Key, KeyData, SlotMap};
 
 use super::bodies::BodyIo;
 use super::shared::{Ctl, Job, Out};
 use super::Command;
 use crate::net::{
-    conn_token, read_chunk, token_conn, Accepted, Acceptor, Chunk, Control, Deadlines, DirtySet,
-    Reactor, Ready, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
+    fired, read_chunk, register_conn, token_conn, Accepted, Acceptor, Chunk, Control, Deadlines,
+    DirtySet, Reactor, Ready, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
 };
 use crate::proto::{encode_drain, encode_resume, Resume};
 use crate::tracelog::TraceLog;
@@ -134,12 +134,8 @@ impl IoLoop {
             });
             let Ok(key) = key else { continue };
             let conn = &mut self.conns[key];
-            if let Err(e) = self.poll.registry().register(
-                &mut conn.stream,
-                conn_token(CONN, key.data()),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::error!("cannot register connection from {peer}: {e}");
+            let registry = self.poll.registry();
+            if !register_conn(registry, &mut conn.stream, CONN, key.data(), &peer) {
                 self.conns.remove(key);
                 continue;
             }
@@ -338,12 +334,9 @@ impl IoLoop {
         while let Some((at, due)) = self.deadlines.pop_due(now) {
             match due {
                 Due::Conn(key) => {
-                    let Some(conn) = self.conns.get_mut(key) else {
+                    let Some(conn) = fired(&mut self.conns, key, at, |c| &mut c.armed) else {
                         continue;
                     };
-                    if !conn.armed.fire(at) {
-                        continue;
-                    }
                     match conn.on_deadline(now, &mut self.ctx) {
                         conn::Due::Keep => {
                             self.dirty.mark(key);
