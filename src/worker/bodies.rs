@@ -160,19 +160,19 @@ impl Body {
     }
 
     /// Add bytes; past `threshold` they go to the body thread under `id`.
-    pub(crate) fn write(&mut self, data: &[u8], threshold: usize, id: u64, io: &BodyIo) {
+    pub(crate) fn write(&mut self, data: Vec<u8>, threshold: usize, id: u64, io: &BodyIo) {
         match self {
-            Body::Memory(m) if m.len() + data.len() <= threshold => m.extend_from_slice(data),
+            Body::Memory(m) if m.len() + data.len() <= threshold => m.extend_from_slice(&data),
             Body::Memory(m) => {
                 let mut first = std::mem::take(m);
-                first.extend_from_slice(data);
+                first.extend_from_slice(&data);
                 let len = first.len() as u64;
                 let _ = io.tx.send(Cmd::Write(id, first));
                 *self = Body::Spilled { id, len };
             }
             Body::Spilled { id, len } => {
                 *len += data.len() as u64;
-                let _ = io.tx.send(Cmd::Write(*id, data.to_vec()));
+                let _ = io.tx.send(Cmd::Write(*id, data));
             }
         }
     }

@@ -59,7 +59,7 @@ impl LbConn {
             }
             ToWorker::Body(rno, data) => {
                 if let Some(Req::Receiving { body, req_id, .. }) = self.requests.get_mut(&rno) {
-                    body.write(&data, ctx.cfg.spill_threshold, *req_id, &ctx.bodies);
+                    body.write(data, ctx.cfg.spill_threshold, *req_id, &ctx.bodies);
                 }
             }
             ToWorker::EndOfBody(rno) => self.end_of_body(ctx, rno)?,
