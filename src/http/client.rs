@@ -61,8 +61,11 @@ fn eof(why: &str) -> io::Error {
 /// Bytes read from a connection and not used yet, across responses.
 #[derive(Debug, Default)]
 pub struct ResponseReader {
+    /// Read into at `end`; grown only when a read would not fit, so it is
+    /// zeroed once, not for every read.
     buf: Vec<u8>,
-    pos: usize,
+    start: usize,
+    end: usize,
 }
 
 impl ResponseReader {
@@ -72,33 +75,37 @@ impl ResponseReader {
 
     /// Bytes read and not used yet.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        &self.buf[self.start..self.end]
     }
 
     fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
     }
 
     /// Read more bytes onto the buffer; 0 at end of stream.
     pub fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + CHUNK, 0);
-        let r = loop {
-            match src.read(&mut self.buf[old..]) {
+        if self.buf.len() - self.end < CHUNK {
+            self.buf.resize(self.end + CHUNK, 0);
+        }
+        loop {
+            match src.read(&mut self.buf[self.end..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r,
+                Err(e) => return Err(e),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
             }
-        };
-        self.buf.truncate(old + *r.as_ref().unwrap_or(&0));
-        r
+        }
     }
 
     /// The next final response head (interim ones skipped); `None` when

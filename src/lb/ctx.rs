@@ -13,7 +13,7 @@ use mio::Registry;
 use super::metrics::Metrics;
 use super::spill::SpillIo;
 use super::LbConfig;
-use crate::net::{Deadlines, DirtySet};
+use crate::net::{Deadlines, DirtySet, Scratch};
 use crate::pool::Balancer;
 use crate::proto::{ResponseHead, Rno};
 
@@ -98,6 +98,8 @@ pub(super) struct Ctx {
     pub(super) effects: VecDeque<Effect>,
     /// Shutting down, with this deadline.
     pub(super) stopping: Option<Instant>,
+    /// Where sockets are read into.
+    pub(super) scratch: Scratch,
     next_id: u64,
 }
 
@@ -122,6 +124,7 @@ impl Ctx {
             deadlines: Deadlines::default(),
             effects: VecDeque::new(),
             stopping: None,
+            scratch: Scratch::default(),
             next_id: 0,
         }
     }

@@ -230,15 +230,29 @@ pub(crate) enum Chunk {
     Failed(io::Error),
 }
 
-/// Read one chunk from `stream` into `buf` (edge-triggered: callers read
+/// A loop's read buffer: bytes land here before they are appended to a
+/// connection's buffer. One per loop, zeroed once (a fresh 64 KiB array
+/// for every read would be zeroed every time).
+pub(crate) struct Scratch(Box<[u8]>);
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch(vec![0; READ_CHUNK].into_boxed_slice())
+    }
+}
+
+/// Read one chunk from `stream` onto `buf` (edge-triggered: callers read
 /// until [`Chunk::Empty`], or they get no new event).
-pub(crate) fn read_chunk(stream: &mut impl Read, buf: &mut Vec<u8>) -> Chunk {
-    let mut chunk = [0u8; READ_CHUNK];
+pub(crate) fn read_chunk(
+    stream: &mut impl Read,
+    buf: &mut Vec<u8>,
+    scratch: &mut Scratch,
+) -> Chunk {
     loop {
-        return match stream.read(&mut chunk) {
+        return match stream.read(&mut scratch.0) {
             Ok(0) => Chunk::Closed,
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
+                buf.extend_from_slice(&scratch.0[..n]);
                 Chunk::Data
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Chunk::Empty,

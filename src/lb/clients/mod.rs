@@ -196,7 +196,7 @@ impl Clients {
             if c.close_after || c.rbuf.len() >= rbuf_limit() {
                 break;
             }
-            match read_chunk(&mut c.stream, &mut c.rbuf) {
+            match read_chunk(&mut c.stream, &mut c.rbuf, &mut ctx.scratch) {
                 Chunk::Data => {
                     c.last_read = Instant::now();
                     if c.req.is_none() && c.head_started.is_none() {

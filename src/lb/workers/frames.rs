@@ -56,7 +56,7 @@ impl Workers {
             let Some(w) = self.map.get_mut(key) else {
                 return;
             };
-            match read_chunk(&mut w.stream, &mut w.rbuf) {
+            match read_chunk(&mut w.stream, &mut w.rbuf, &mut ctx.scratch) {
                 Chunk::Data => {
                     w.last_read = Instant::now();
                     if let Err(why) = self.take_frames(key, ctx) {

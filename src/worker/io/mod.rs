@@ -21,7 +21,7 @@ use super::shared::{Ctl, Job, Out};
 use super::Command;
 use crate::net::{
     fired, read_chunk, register_conn, token_conn, Accepted, Acceptor, Chunk, Control, Deadlines,
-    DirtySet, Reactor, Ready, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
+    DirtySet, Reactor, Ready, Scratch, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
 };
 use crate::proto::{encode_drain, encode_resume, Resume};
 use crate::tracelog::TraceLog;
@@ -68,6 +68,8 @@ pub(crate) struct IoLoop {
     dirty: DirtySet<ConnKey>,
     deadlines: Deadlines<Due>,
     draining: Option<Instant>,
+    /// Where sockets are read into.
+    scratch: Scratch,
     ctx: Ctx,
 }
 
@@ -96,6 +98,7 @@ impl IoLoop {
             dirty: DirtySet::default(),
             deadlines: Deadlines::default(),
             draining: None,
+            scratch: Scratch::default(),
             ctx: Ctx::new(cfg, jobs, bodies, trace, resume_frame, hello_frame),
         })
     }
@@ -164,7 +167,7 @@ impl IoLoop {
             conn.take_frames(&mut self.ctx).map_err(|c| c.to_string())
         };
         while outcome.is_ok() && !self.ctx.paused {
-            outcome = match read_chunk(&mut conn.stream, &mut conn.rbuf) {
+            outcome = match read_chunk(&mut conn.stream, &mut conn.rbuf, &mut self.scratch) {
                 Chunk::Data => conn.take_frames(&mut self.ctx).map_err(|c| c.to_string()),
                 Chunk::Empty => break,
                 Chunk::Closed => Err("closed by the LB".to_string()),
