@@ -90,6 +90,9 @@ pub struct Tracker {
     decay: f64,
     generation: u64,
     classes: HashMap<String, ClassStat>,
+    /// Failed requests per class since they were last taken
+    /// ([`Tracker::take_failures`]).
+    failures: std::collections::BTreeMap<String, u64>,
 }
 
 impl Tracker {
@@ -99,6 +102,7 @@ impl Tracker {
             decay: 0.0,
             generation: 0,
             classes: HashMap::new(),
+            failures: Default::default(),
         };
         t.update_settings(settings);
         t
@@ -164,6 +168,19 @@ impl Tracker {
         let oldest = g.saturating_sub(self.settings.max_skill_age());
         self.classes.retain(|_, s| s.generation >= oldest);
         Some(self.resume())
+    }
+
+    /// A request of `class` failed (a 5xx, whoever produced it). A failure
+    /// says nothing about how fast the worker serves the class: it is
+    /// counted apart, and neither the scores nor the request count move
+    /// (a worker that fails fast would otherwise look most skilled).
+    pub fn failed(&mut self, class: &str) {
+        *self.failures.entry(class.to_string()).or_insert(0) += 1;
+    }
+
+    /// The failures counted since the last call, by class.
+    pub fn take_failures(&mut self) -> std::collections::BTreeMap<String, u64> {
+        std::mem::take(&mut self.failures)
     }
 
     /// The current résumé: class → count / time.
@@ -263,6 +280,29 @@ pub fn save_file(path: &Path, resume: &Resume) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn failures_move_neither_scores_nor_the_request_count() {
+        let mut t = Tracker::new(ResumeSettings {
+            history: 2,
+            ..ResumeSettings::default()
+        });
+        assert!(t.record("a", 0.5).is_none());
+        let before = t.resume();
+        for _ in 0..5 {
+            t.failed("a");
+            t.failed("b");
+        }
+        t.failed("a");
+        assert_eq!(t.resume(), before, "no score moved, no class added");
+        assert_eq!(t.generation(), 1, "failures are no requests for the résumé");
+        let failures = t.take_failures();
+        assert_eq!(failures.get("a"), Some(&6));
+        assert_eq!(failures.get("b"), Some(&5));
+        assert!(t.take_failures().is_empty(), "taken once");
+        assert!(t.record("a", 0.5).is_some(), "the second success publishes");
+    }
+
     use super::*;
 
     fn close(a: f64, b: f64) -> bool {

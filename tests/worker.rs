@@ -490,3 +490,26 @@ fn resume_is_saved_on_shutdown_and_an_empty_one_is_said() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot write the résumé file"), "{err}");
 }
+
+/// A worker whose upstream is down answers 502 itself, at once. Those are
+/// failures, not skill: no class gains a score from them (before, the
+/// fast 502s made the worker look the most skilled at its classes), and
+/// the log says how many failed.
+#[test]
+fn failed_requests_are_not_counted_as_skill() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let app = format!("upstream:127.0.0.1:{port}");
+    let w = start_worker(&["--app", &app, "--history", "1"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    for rno in 1..=3 {
+        let r = lb.request(rno, environ("GET", "/", "", "down"), b"");
+        assert_eq!(r.code(), 502);
+    }
+    w.proc
+        .wait_for("request(s) failed (5xx), not counted as skill: \"down\"", T);
+    // Every success publishes with --history 1; no failure did.
+    assert_eq!(get_worker_resume(w.addr), "(empty résumé)\n");
+}

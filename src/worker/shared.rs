@@ -94,6 +94,8 @@ pub(crate) struct Out {
 /// Messages to the timer thread.
 pub(crate) enum TimerMsg {
     Sample(String, f64),
+    /// A request of this class failed (5xx): not a sample.
+    Failure(String),
     Settings(ResumeSettings),
     /// Shutting down: save the résumé as it stands, then answer.
     Save(crossbeam_channel::Sender<()>),

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::app::{App, Body, Response};
 use super::shared::{Flow, Job, Out, Shared, TimerMsg};
 use crate::proto::{encode_body, encode_end, encode_head, encode_null, ResponseHead, MAX_CHUNK};
+use crate::tracelog::Trace;
 
 /// Bytes of body frames handed to the I/O thread in one message.
 const BATCH: usize = 4 * MAX_CHUNK;
@@ -128,14 +129,14 @@ fn run_job(app: &dyn App, mut job: Job, shared: &Shared) {
             error_500()
         }
     };
+    let code = response.code();
     trace.record(
         'A',
-        format_args!(
-            "{} {}",
-            response.code(),
-            response.content_length().unwrap_or("?")
-        ),
+        format_args!("{code} {}", response.content_length().unwrap_or("?")),
     );
+    // A 5xx, from the application or from an app of ours standing for it
+    // (the upstream app's 502), is a failure, not a measure of skill.
+    ok &= code < 500;
     let Response {
         status,
         headers,
@@ -192,9 +193,8 @@ fn run_job(app: &dyn App, mut job: Job, shared: &Shared) {
                     }
                     Ok(Some(Err(e))) => {
                         log::error!("{}: response body failed: {e}", trace.id());
-                        encode_null(&mut frames, job.rno);
-                        responder.send(std::mem::take(&mut frames), true);
-                        trace.record('E', "aborted");
+                        abort(&responder, frames, job.rno, &trace);
+                        failure(shared, class);
                         return;
                     }
                     Err(p) => {
@@ -203,9 +203,8 @@ fn run_job(app: &dyn App, mut job: Job, shared: &Shared) {
                             trace.id(),
                             panic_message(p.as_ref())
                         );
-                        encode_null(&mut frames, job.rno);
-                        responder.send(std::mem::take(&mut frames), true);
-                        trace.record('E', "aborted");
+                        abort(&responder, frames, job.rno, &trace);
+                        failure(shared, class);
                         return;
                     }
                 }
@@ -226,5 +225,21 @@ fn run_job(app: &dyn App, mut job: Job, shared: &Shared) {
             TimerMsg::Sample(class, elapsed.as_secs_f64()),
             Duration::ZERO,
         );
+    } else {
+        failure(shared, class);
     }
+}
+
+/// Give up on a response whose body failed: the LB is told to abort it.
+fn abort(responder: &Responder, mut frames: Vec<u8>, rno: crate::proto::Rno, trace: &Trace) {
+    encode_null(&mut frames, rno);
+    responder.send(frames, true);
+    trace.record('E', "aborted");
+}
+
+/// Tell the résumé tracker a request of `class` failed.
+fn failure(shared: &Shared, class: String) {
+    let _ = shared
+        .timer
+        .send_timeout(TimerMsg::Failure(class), Duration::ZERO);
 }
