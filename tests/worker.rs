@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -346,55 +345,9 @@ fn garbage_closes_only_that_connection() {
     assert_eq!(r.code(), 200);
 }
 
-/// The Python with waitress that `make test` prepares.
-fn python() -> String {
-    if let Ok(p) = std::env::var("RLB_TEST_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "no {venv}: run `make test` (it creates the virtualenv with waitress)"
-    );
-    venv.to_string()
-}
-
-struct Waitress {
-    /// Killed on drop.
-    _proc: Proc,
-    port: u16,
-}
-
-fn start_waitress() -> Waitress {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wsgi_app.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start waitress");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("waitress said {line:?}"));
-    Waitress {
-        _proc: Proc {
-            child,
-            lines: Default::default(),
-        },
-        port,
-    }
-}
-
 #[test]
 fn upstream_app_in_front_of_waitress() {
-    let ws = start_waitress();
+    let ws = start_waitress(0);
     let app = format!("upstream:127.0.0.1:{}", ws.port);
     let w = start_worker(&["--app", &app, "--threads", "2"]);
     let mut lb = TestLb::connect(w.addr);

@@ -75,6 +75,18 @@ pub fn options() -> Options {
         "critical when there are at most this many workers",
         "N",
     );
+    o.optopt(
+        "u",
+        "unavailable-warning",
+        "warn when at least this many workers say their application is unavailable",
+        "N",
+    );
+    o.optopt(
+        "U",
+        "unavailable-critical",
+        "critical when at least this many workers say their application is unavailable",
+        "N",
+    );
     for (ours, original) in ORIGINAL_NAMES {
         o.optopt(
             "",
@@ -119,6 +131,8 @@ impl State {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Figures {
     pub workers: usize,
+    /// Workers whose application is down (they keep their rows).
+    pub unavailable: u64,
     pub mean_backlog: f64,
     pub max_backlog: i64,
     /// Seconds since the oldest request in flight started (0 without one).
@@ -139,6 +153,7 @@ pub fn figures(doc: &Value, now: SystemTime) -> Result<Figures, String> {
         .map_or(0, |t| now.saturating_sub(t));
     Ok(Figures {
         workers: workers.len(),
+        unavailable: doc["unavailable"].as_u64().unwrap_or(0),
         // The pool's decayed mean backlog, as the original plugin and
         // get-lb-status use it (not the mean of the workers' backlogs now).
         mean_backlog: doc["mean_backlog"].as_f64().unwrap_or(0.0),
@@ -152,6 +167,7 @@ struct Thresholds {
     max: (Option<f64>, Option<f64>),
     age: (Option<f64>, Option<f64>),
     workers: (Option<f64>, Option<f64>),
+    unavailable: (Option<f64>, Option<f64>),
 }
 
 /// A threshold by our name or the original one: a number ≥ 0.
@@ -254,6 +270,12 @@ fn check(f: &Figures, t: &Thresholds) -> (State, String) {
         t.workers,
         false,
     );
+    rule(
+        format!("{} unavailable", f.unavailable),
+        f.unavailable as f64,
+        t.unavailable,
+        true,
+    );
     let summary = if problems.is_empty() {
         format!(
             "{} workers, mean backlog {:.2}, max backlog {}, oldest request {}s",
@@ -263,10 +285,13 @@ fn check(f: &Figures, t: &Thresholds) -> (State, String) {
         problems.join(", ")
     };
     let perf = format!(
-        "'workers'={};{};{};0 'mean_backlog'={:.2};{};{};0 'max_backlog'={};{};{};0 'oldest_request'={}s;{};{};0",
+        "'workers'={};{};{};0 'unavailable'={};{};{};0 'mean_backlog'={:.2};{};{};0 'max_backlog'={};{};{};0 'oldest_request'={}s;{};{};0",
         f.workers,
         range(t.workers.0, false),
         range(t.workers.1, false),
+        f.unavailable,
+        range(t.unavailable.0, true),
+        range(t.unavailable.1, true),
         f.mean_backlog,
         range(t.mean.0, true),
         range(t.mean.1, true),
@@ -322,13 +347,14 @@ pub fn main() -> ExitCode {
             max: pair("max-backlog", true)?,
             age: pair("age", true)?,
             workers: pair("workers", false)?,
+            unavailable: pair("unavailable", true)?,
         })
     })();
     let t = match t {
         Ok(t) => t,
         Err(e) => return unknown(&e),
     };
-    let any = [t.mean, t.max, t.age, t.workers]
+    let any = [t.mean, t.max, t.age, t.workers, t.unavailable]
         .iter()
         .any(|(w, c)| w.is_some() || c.is_some());
     if !any && !m.opt_present("metrics") {
@@ -373,18 +399,25 @@ mod tests {
             f,
             Figures {
                 workers: 0,
+                unavailable: 0,
                 mean_backlog: 0.0,
                 max_backlog: 0,
                 oldest: 0
             }
         );
         // The mean backlog is the document's (the pool's decayed mean).
-        let doc = json!({"mean_backlog": 1.57,
+        let doc = json!({"mean_backlog": 1.57, "unavailable": 1,
                          "workers": [["a", 3, 1.0, 990], ["b", 1, 1.0, null]]});
         let f = figures(&doc, now).unwrap();
         assert_eq!(
-            (f.workers, f.mean_backlog, f.max_backlog, f.oldest),
-            (2, 1.57, 3, 10)
+            (
+                f.workers,
+                f.unavailable,
+                f.mean_backlog,
+                f.max_backlog,
+                f.oldest
+            ),
+            (2, 1, 1.57, 3, 10)
         );
     }
 
@@ -394,6 +427,7 @@ mod tests {
             max: (None, None),
             age: (None, None),
             workers: (None, None),
+            unavailable: (None, None),
         }
     }
 
@@ -401,6 +435,7 @@ mod tests {
     fn values_at_a_threshold_alert_like_the_original_plugin() {
         let f = Figures {
             workers: 2,
+            unavailable: 1,
             mean_backlog: 2.0,
             max_backlog: 5,
             oldest: 12,
@@ -420,6 +455,16 @@ mod tests {
             ..none()
         };
         assert_eq!(check(&f, &t).0, State::Critical);
+        let t = Thresholds {
+            unavailable: (Some(1.0), Some(2.0)),
+            ..none()
+        };
+        let (s, line) = check(&f, &t);
+        assert_eq!(s, State::Warning, "{line}");
+        assert!(
+            line.starts_with("RESUMELB WARNING - 1 unavailable >= 1"),
+            "{line}"
+        );
         let t = Thresholds {
             max: (Some(5.0), Some(10.0)),
             ..none()
@@ -445,6 +490,7 @@ mod tests {
     fn perfdata_ranges_match_the_rules() {
         let f = Figures {
             workers: 3,
+            unavailable: 0,
             mean_backlog: 2.0,
             max_backlog: 5,
             oldest: 12,
@@ -458,7 +504,7 @@ mod tests {
         assert_eq!(s, State::Ok);
         assert!(
             line.ends_with(
-                "| 'workers'=3;@~:2;@~:1;0 'mean_backlog'=2.00;@4:;@8.5:;0 \
+                "| 'workers'=3;@~:2;@~:1;0 'unavailable'=0;;;0 'mean_backlog'=2.00;@4:;@8.5:;0 \
                  'max_backlog'=5;;;0 'oldest_request'=12s;;;0"
             ),
             "{line}"

@@ -7,43 +7,63 @@ use serde_json::{json, Value};
 use super::clients::Clients;
 use super::ctx::Ctx;
 use super::status::unix_secs;
-use super::workers::Workers;
+use super::workers::{WorkerConn, Workers};
+use crate::pool::WorkerStatus;
 
-/// The status document, as JSON text with a newline.
+/// The status document, as JSON text with a newline. A worker's row shows
+/// while it is in the pool, and while its application is unavailable
+/// (`worker_details[addr].available` is false then).
 pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u8> {
     let st = ctx.balancer.status();
-    let mut rows: Vec<(String, Value, Value)> = Vec::new();
-    for ws in &st.workers {
-        let Some(w) = workers.by_id(ws.id) else {
-            continue;
-        };
-        let oldest = w.oldest().map_or(Value::Null, |t| json!(unix_secs(t)));
-        rows.push((
-            w.addr.clone(),
-            json!([w.addr, ws.backlog, ws.mean_backlog, oldest]),
-            json!([w.addr, w.unsent()]),
-        ));
+    let mut shown: Vec<(&WorkerConn, WorkerStatus, bool)> = st
+        .workers
+        .iter()
+        .filter_map(|ws| Some((workers.by_id(ws.id)?, ws.clone(), true)))
+        .collect();
+    for w in workers.unavailable() {
+        let ws = ctx
+            .balancer
+            .pool()
+            .worker_status(w.id())
+            .unwrap_or(WorkerStatus {
+                id: w.id(),
+                backlog: 0,
+                mean_backlog: 0.0,
+                resume_size: w.resume_size(),
+            });
+        shown.push((w, ws, false));
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    shown.sort_by(|a, b| a.0.addr.cmp(&b.0.addr));
     let mut details = serde_json::Map::new();
-    for ws in &st.workers {
-        if let Some(w) = workers.by_id(ws.id) {
-            let mut d = json!({"resume_size": ws.resume_size});
-            if let Some(h) = &w.hello {
-                d["threads"] = json!(h.threads);
-                d["pid"] = json!(h.pid);
-                d["version"] = json!(h.version);
-            }
-            details.insert(w.addr.clone(), d);
+    for (w, ws, available) in &shown {
+        let mut d = json!({"resume_size": ws.resume_size, "available": available});
+        if let Some(h) = &w.hello {
+            d["threads"] = json!(h.threads);
+            d["pid"] = json!(h.pid);
+            d["version"] = json!(h.version);
         }
+        details.insert(w.addr.clone(), d);
     }
+    let rows: Vec<Value> = shown
+        .iter()
+        .map(|(w, ws, _)| {
+            let oldest = w.oldest().map_or(Value::Null, |t| json!(unix_secs(t)));
+            json!([w.addr, ws.backlog, ws.mean_backlog, oldest])
+        })
+        .collect();
+    let rows_ex: Vec<Value> = shown
+        .iter()
+        .map(|(w, _, _)| json!([w.addr, w.unsent()]))
+        .collect();
+    let unavailable = shown.iter().filter(|s| !s.2).count();
     let settings = ctx.balancer.settings();
     let doc = json!({
         "backlog": st.backlog,
         "mean_backlog": st.mean_backlog,
-        "workers": rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
-        "workers_ex": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+        "workers": rows,
+        "workers_ex": rows_ex,
         "worker_details": details,
+        "unavailable": unavailable,
         "waiting": clients.waiting(),
         "clients": clients.len(),
         "settings": {
@@ -132,6 +152,13 @@ pub(super) fn metrics_text(ctx: &Ctx, workers: &Workers, clients: &Clients) -> S
         "gauge",
         "1 when a configured worker is connected and in the pool.",
         &up,
+    );
+    family(
+        &mut out,
+        "resumelb_workers_unavailable",
+        "gauge",
+        "Connected workers whose application is down (they said \"unavailable\").",
+        &[(String::new(), workers.unavailable().count() as f64)],
     );
     family(
         &mut out,

@@ -224,12 +224,16 @@ pub fn format_text(doc: &Value, now: SystemTime) -> String {
             Some(t) => now.saturating_sub(t).to_string(),
             None => "-".to_string(),
         };
+        let name = w[0].as_str().unwrap_or("");
+        // A worker whose application is down is marked after its row.
+        let down = doc["worker_details"][name]["available"] == Value::Bool(false);
         out.push_str(&format!(
-            "{:<name_w$}  {:>7}  {:>12.2}  {:>10}\n",
-            w[0].as_str().unwrap_or(""),
+            "{:<name_w$}  {:>7}  {:>12.2}  {:>10}{}\n",
+            name,
             w[1].as_i64().unwrap_or(0),
             num(&w[2]),
-            age
+            age,
+            if down { "  unavailable" } else { "" }
         ));
     }
     out
@@ -245,14 +249,15 @@ mod tests {
     fn text_table() {
         let doc = json!({"backlog": 3, "mean_backlog": 2.08,
             "workers": [["127.0.0.1:8001", 2, 1.57, 1000], ["127.0.0.1:8002", 1, 1.0, null]],
-            "workers_ex": []});
+            "workers_ex": [],
+            "worker_details": {"127.0.0.1:8002": {"available": false}}});
         let t = format_text(&doc, UNIX_EPOCH + Duration::from_secs(1012));
         assert_eq!(
             t,
             "backlog: 3\nmean backlog: 2.08\n\
              worker          backlog  mean backlog  oldest (s)\n\
              127.0.0.1:8001        2          1.57          12\n\
-             127.0.0.1:8002        1          1.00           -\n"
+             127.0.0.1:8002        1          1.00           -  unavailable\n"
         );
         let empty = json!({"backlog": 0, "mean_backlog": 0.0, "workers": []});
         assert!(format_text(&empty, UNIX_EPOCH).ends_with("no workers\n"));

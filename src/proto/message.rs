@@ -62,6 +62,11 @@ pub enum ToLb {
     KeepAlive,
     Hello(Hello),
     Drain,
+    /// The worker's application cannot serve now (its upstream is down):
+    /// no new requests until `Available`.
+    Unavailable,
+    /// The application serves again.
+    Available,
     Head(Rno, ResponseHead),
     /// A non-empty piece of the response body.
     Body(Rno, Vec<u8>),
@@ -179,7 +184,23 @@ pub fn encode_auth(out: &mut Vec<u8>, mac: &[u8]) {
 
 /// Append the `"drain"` word (rno 0).
 pub fn encode_drain(out: &mut Vec<u8>) {
-    let _ = encode_with(out, 0, |o| cbor(o).serialize_str("drain"));
+    encode_word(out, "drain");
+}
+
+/// Append the `"unavailable"` or `"available"` word (rno 0).
+pub fn encode_available(out: &mut Vec<u8>, available: bool) {
+    encode_word(
+        out,
+        if available {
+            "available"
+        } else {
+            "unavailable"
+        },
+    );
+}
+
+fn encode_word(out: &mut Vec<u8>, word: &str) {
+    let _ = encode_with(out, 0, |o| cbor(o).serialize_str(word));
 }
 
 impl ToWorker {
@@ -237,6 +258,8 @@ impl ToLb {
             ToLb::KeepAlive => encode_null(out, 0),
             ToLb::Hello(h) => encode_hello(out, h)?,
             ToLb::Drain => encode_drain(out),
+            ToLb::Unavailable => encode_available(out, false),
+            ToLb::Available => encode_available(out, true),
             ToLb::Head(rno, head) => encode_head(out, *rno, head)?,
             ToLb::Body(rno, data) => encode_body(out, *rno, data),
             ToLb::End(rno) => encode_end(out, *rno),
@@ -257,6 +280,8 @@ impl ToLb {
                 Value::Null => Ok(ToLb::KeepAlive),
                 Value::Map(m) => parse_resume(m).map(ToLb::Resume),
                 Value::Text(w) if w == "drain" => Ok(ToLb::Drain),
+                Value::Text(w) if w == "unavailable" => Ok(ToLb::Unavailable),
+                Value::Text(w) if w == "available" => Ok(ToLb::Available),
                 Value::Text(w) => Ok(ToLb::Unknown(w)),
                 Value::Array(items) => parse_word_array(items),
                 other => Err(shape(0, &other)),

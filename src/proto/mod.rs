@@ -12,7 +12,7 @@ pub use frame::{
     MAX_CHUNK,
 };
 pub use message::{
-    encode_auth, encode_body, encode_challenge, encode_drain, encode_end, encode_environ,
-    encode_head, encode_hello, encode_null, encode_resume, Environ, EnvironPairs, Hello,
-    ResponseHead, Resume, ToLb, ToWorker, PROTOCOL_VERSION,
+    encode_auth, encode_available, encode_body, encode_challenge, encode_drain, encode_end,
+    encode_environ, encode_head, encode_hello, encode_null, encode_resume, Environ, EnvironPairs,
+    Hello, ResponseHead, Resume, ToLb, ToWorker, PROTOCOL_VERSION,
 };

@@ -57,6 +57,15 @@ fn vector_drain_and_abort() {
     // 65 = text(5), then "drain".
     assert_eq!(enc_l(&ToLb::Drain), hex("00000000 00000006 65 647261696e"));
     assert_eq!(enc_l(&ToLb::Abort(3)), hex("00000003 00000001 f6"));
+    // 6b = text(11), 69 = text(9).
+    assert_eq!(
+        enc_l(&ToLb::Unavailable),
+        hex("00000000 0000000c 6b 756e617661696c61626c65")
+    );
+    assert_eq!(
+        enc_l(&ToLb::Available),
+        hex("00000000 0000000a 69 617661696c61626c65")
+    );
 }
 
 fn sample_to_worker() -> Vec<ToWorker> {
@@ -98,6 +107,8 @@ fn sample_to_lb() -> Vec<ToLb> {
             version: None,
         }),
         ToLb::Drain,
+        ToLb::Unavailable,
+        ToLb::Available,
         ToLb::Head(
             5,
             ResponseHead {

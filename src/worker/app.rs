@@ -15,6 +15,15 @@ pub type AppError = Box<dyn std::error::Error + Send + Sync>;
 /// An application run by the worker's app threads, one request per call.
 pub trait App: Send + Sync + 'static {
     fn call(&self, request: Request) -> Result<Response, AppError>;
+
+    /// Whether the application can serve now. An app that depends on
+    /// something that can be down (a server it forwards to) says false
+    /// while it is, and may check it here: the worker asks about once a
+    /// second and tells its LBs when the answer changes. Always true by
+    /// default.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 impl<F> App for F

@@ -10,6 +10,7 @@
 pub mod app;
 mod bodies;
 pub mod demo;
+mod health;
 mod io;
 mod shared;
 mod threads;
@@ -198,6 +199,7 @@ impl Worker {
             timer: timer.0.clone(),
             wake_pending: wake_pending.clone(),
         });
+        let _health_thread = health::spawn(app.clone(), ctl_tx.clone(), waker.clone())?;
         let _timer_thread = timer::spawn(
             tracker,
             timer.1,

@@ -104,6 +104,8 @@ pub(crate) enum TimerMsg {
 /// Messages from the timer thread to the I/O thread.
 pub(crate) enum Ctl {
     Publish(Resume),
+    /// The application can serve (true) or not (false) since now.
+    Available(bool),
 }
 
 /// Channels every app thread holds.

@@ -617,3 +617,51 @@ pub fn port_outside_ephemeral_range() -> u16 {
         }
     }
 }
+
+/// The Python with waitress that `make test` prepares.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("RLB_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "no {venv}: run `make test` (it creates the virtualenv with waitress)"
+    );
+    venv.to_string()
+}
+
+/// tests/wsgi_app.py under waitress, killed on drop.
+pub struct Waitress {
+    _proc: Proc,
+    pub port: u16,
+}
+
+/// Start tests/wsgi_app.py on `port` of 127.0.0.1 (0: any free one).
+pub fn start_waitress(port: u16) -> Waitress {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wsgi_app.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start waitress");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("waitress said {line:?}"));
+    Waitress {
+        _proc: Proc {
+            child,
+            lines: Default::default(),
+        },
+        port,
+    }
+}

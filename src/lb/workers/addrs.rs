@@ -175,6 +175,7 @@ impl Workers {
             out: WriteBuf::new(),
             joined: false,
             draining: false,
+            unavailable: false,
             unlisted: false,
             resume: crate::proto::Resume::new(),
             hello: None,

@@ -132,9 +132,34 @@ impl Workers {
                 if first {
                     log::info!("worker {} joined with {} classes", w.addr, r.len());
                 }
+                if w.unavailable {
+                    // Kept for when it is available again.
+                    return Ok(());
+                }
                 ctx.balancer.new_resume(id, version.as_deref(), r);
                 if first {
                     ctx.effect(Effect::ServeWaiting);
+                }
+            }
+            ToLb::Unavailable => {
+                if !w.unavailable {
+                    w.unavailable = true;
+                    log::warn!(
+                        "worker {} says its application is unavailable: no new requests \
+                         until it is back",
+                        w.addr
+                    );
+                    ctx.balancer.remove(id);
+                }
+            }
+            ToLb::Available => {
+                if w.unavailable {
+                    w.unavailable = false;
+                    log::info!("worker {} is available again", w.addr);
+                    if !w.unlisted {
+                        let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
+                        self.relist(key, version.as_deref(), ctx);
+                    }
                 }
             }
             ToLb::Drain => {

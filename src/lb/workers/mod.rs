@@ -63,6 +63,9 @@ pub(super) struct WorkerConn {
     joined: bool,
     /// Said "drain": no new requests; closed when idle.
     draining: bool,
+    /// Said "unavailable" (its application is down): out of the pool until
+    /// it says "available".
+    unavailable: bool,
     /// No longer in the worker list: out of the pool, closed when idle
     /// (or back in the pool if listed again meanwhile).
     unlisted: bool,
@@ -93,7 +96,22 @@ impl WorkerConn {
 
     /// In the pool and taking requests.
     pub(super) fn is_up(&self) -> bool {
-        self.joined && !self.draining
+        self.joined && !self.draining && !self.unavailable
+    }
+
+    /// Joined, listed and not draining, but its application is down.
+    pub(super) fn is_unavailable(&self) -> bool {
+        self.joined && self.unavailable && !self.draining && !self.unlisted
+    }
+
+    /// Classes in its latest résumé.
+    pub(super) fn resume_size(&self) -> usize {
+        self.resume.len()
+    }
+
+    /// The pool's name for it.
+    pub(super) fn id(&self) -> WorkerId {
+        self.id
     }
 
     /// The next free request number (1 … 2³²−1, wrapping, never in flight).
@@ -149,6 +167,11 @@ impl Workers {
     /// The connection the pool knows as `id`.
     pub(super) fn by_id(&self, id: WorkerId) -> Option<&WorkerConn> {
         self.map.get(*self.by_id.get(&id)?)
+    }
+
+    /// The workers whose application is down (out of the pool).
+    pub(super) fn unavailable(&self) -> impl Iterator<Item = &WorkerConn> {
+        self.map.values().filter(|w| w.is_unavailable())
     }
 
     /// Every configured address, and whether its worker is in the pool.
@@ -300,7 +323,7 @@ impl Workers {
 
     /// The address is listed again while its connection is still open:
     /// back into the pool with its latest résumé.
-    fn relist(&mut self, key: WorkerKey, version: Option<&str>, ctx: &mut Ctx) {
+    pub(super) fn relist(&mut self, key: WorkerKey, version: Option<&str>, ctx: &mut Ctx) {
         let Some(w) = self.map.get_mut(key) else {
             return;
         };

@@ -23,7 +23,7 @@ use crate::net::{
     fired, read_chunk, register_conn, token_conn, Accepted, Acceptor, Chunk, Control, Deadlines,
     DirtySet, Reactor, Ready, Scratch, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
 };
-use crate::proto::{encode_drain, encode_resume, Resume};
+use crate::proto::{encode_available, encode_drain, encode_resume, Resume};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
 
@@ -206,8 +206,16 @@ impl IoLoop {
         while let Ok(out) = self.inputs.out.try_recv() {
             self.on_out(out);
         }
-        while let Ok(Ctl::Publish(resume)) = self.inputs.ctl.try_recv() {
-            self.publish(&resume);
+        while let Ok(ctl) = self.inputs.ctl.try_recv() {
+            match ctl {
+                Ctl::Publish(resume) => self.publish(&resume),
+                Ctl::Available(available) => {
+                    self.ctx.available = available;
+                    let mut frame = Vec::new();
+                    encode_available(&mut frame, available);
+                    self.send_all(&frame);
+                }
+            }
         }
         let mut stops = Stops::default();
         let (commands, reopen) = self.inputs.control.take(&mut stops);

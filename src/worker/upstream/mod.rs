@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +25,17 @@ use crate::http::HOP_BY_HOP;
 pub use request::request_head;
 
 const CHUNK: usize = 64 * 1024;
+/// The longest a check of a down upstream waits for its connect.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Forwards requests to an HTTP server.
 pub struct UpstreamApp {
     addr: SocketAddr,
     timeout: Duration,
     idle: Arc<Mutex<Vec<Conn>>>,
+    /// The upstream could not be reached (refused, or no answer to the
+    /// connect in time) and has not been since.
+    down: AtomicBool,
 }
 
 /// Where a connection's bytes come from: the upstream, or (for the fuzz
@@ -161,6 +167,7 @@ impl UpstreamApp {
             addr,
             timeout,
             idle: Arc::default(),
+            down: AtomicBool::new(false),
         }
     }
 
@@ -185,8 +192,12 @@ impl UpstreamApp {
 
     fn connect(&self, req: &Request) -> Option<Conn> {
         match Conn::connect(self.addr, self.timeout) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                self.down.store(false, Ordering::Relaxed);
+                Some(c)
+            }
             Err(e) => {
+                self.down.store(true, Ordering::Relaxed);
                 log::error!(
                     "{}: upstream {} unreachable: {e}",
                     req.trace.id(),
@@ -207,6 +218,20 @@ fn bad_gateway() -> Response {
 }
 
 impl App for UpstreamApp {
+    /// Down since a connect failed, until a new connection succeeds (tried
+    /// here, at most once per call).
+    fn available(&self) -> bool {
+        if !self.down.load(Ordering::Relaxed) {
+            return true;
+        }
+        let probe = TcpStream::connect_timeout(&self.addr, self.timeout.min(PROBE_TIMEOUT));
+        let up = probe.is_ok();
+        if up {
+            self.down.store(false, Ordering::Relaxed);
+        }
+        up
+    }
+
     fn call(&self, mut req: Request) -> Result<Response, AppError> {
         let head = request_head(&req, req.body.len());
         let reused = self.idle.lock().pop();

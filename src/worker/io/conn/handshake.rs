@@ -33,8 +33,7 @@ impl LbConn {
             ToWorker::KeepAlive => return Ok(()),
             ToWorker::Auth(mac) if secret.verify(&challenge.nonce, &mac) => {
                 self.challenge = None;
-                self.out.buf().extend_from_slice(&ctx.resume_frame);
-                self.out.buf().extend_from_slice(&ctx.hello_frame);
+                ctx.greeting(self.out.buf());
                 let ip = self.peer.ip();
                 ctx.refusals.forget_if(|(k, _)| *k == ip);
                 log::info!(

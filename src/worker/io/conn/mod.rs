@@ -15,7 +15,7 @@ use super::super::bodies::{Body, BodyIo};
 use super::super::shared::{Flow, Job};
 use crate::net::{each_frame, Armed, FrameFault};
 use crate::proto::auth::{nonce, Secret};
-use crate::proto::{encode_challenge, encode_null, ProtoError, Rno, ToWorker};
+use crate::proto::{encode_available, encode_challenge, encode_null, ProtoError, Rno, ToWorker};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
 use crate::util::ratelog::{held_back, LogLimiter};
@@ -57,6 +57,8 @@ pub(super) struct Ctx {
     /// Jobs handed to app threads and not yet done.
     pub busy: usize,
     pub paused: bool,
+    /// The application can serve (new connections hear it when not).
+    pub available: bool,
     pub last_frame: Instant,
     /// Refused peers and failed handshakes, by peer address and reason.
     refusals: LogLimiter<(std::net::IpAddr, String)>,
@@ -81,8 +83,19 @@ impl Ctx {
             next_req_id: 0,
             busy: 0,
             paused: false,
+            available: true,
             last_frame: Instant::now(),
             refusals: LogLimiter::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// What a new LB connection is told first: the résumé, the hello, and
+    /// "unavailable" when the application is down.
+    pub(super) fn greeting(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.resume_frame);
+        out.extend_from_slice(&self.hello_frame);
+        if !self.available {
+            encode_available(out, false);
         }
     }
 
@@ -149,8 +162,7 @@ impl LbConn {
         let mut out = WriteBuf::new();
         let challenge = match &ctx.cfg.secret {
             None => {
-                out.buf().extend_from_slice(&ctx.resume_frame);
-                out.buf().extend_from_slice(&ctx.hello_frame);
+                ctx.greeting(out.buf());
                 None
             }
             Some(_) => match nonce() {
