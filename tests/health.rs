@@ -89,3 +89,55 @@ fn a_worker_whose_app_is_down_is_taken_out_of_rotation_and_back() {
         served_by_a() > before
     });
 }
+
+/// A worker whose application answers 503 to everything is taken out of
+/// the pool after --eject-after failures in a row, for 1 s and then twice
+/// as long each time it fails again; the other serves everything
+/// meanwhile.
+#[test]
+fn a_worker_failing_at_the_gateway_is_ejected_with_a_doubling_back_off() {
+    let dir = TempDir::new("eject");
+    let sock = dir.path("lb.sock");
+    let app_a = start_waitress_with(0, &["503"]);
+    let app_b = start_waitress(0);
+    let a = start_worker(&["--app", &format!("upstream:127.0.0.1:{}", app_a.port)]);
+    let b = start_worker(&["--app", &format!("upstream:127.0.0.1:{}", app_b.port)]);
+    let a_addr = a.addr.to_string();
+    let lb = start_lb(&[
+        "-s",
+        sock.to_str().unwrap(),
+        "--eject-after",
+        "3",
+        &a_addr,
+        &b.addr.to_string(),
+    ]);
+    wait_until("both workers in the pool", T, || {
+        pool_workers(&sock).len() == 2
+    });
+    let mut i = 0;
+    wait_until("A to be ejected", T, || {
+        i += 1;
+        get(lb.addr, &format!("e{}", i % 7), "/echo");
+        lb.proc.stderr().contains("ejected from the pool for 1 s")
+    });
+    let doc = status(&sock);
+    assert_eq!(doc["ejected"].as_u64(), Some(1), "{doc}");
+    assert!(doc["ejections"].as_u64() >= Some(1));
+    assert!(
+        doc["worker_details"][&a_addr]["ejected_for"].as_f64() > Some(0.0),
+        "{doc}"
+    );
+    assert!(pool_workers(&sock).contains(&a_addr), "A keeps its row");
+    // The half rule leaves B in; it serves while A is out.
+    for i in 0..10 {
+        assert_eq!(get(lb.addr, &format!("f{i}"), "/echo").status, 200);
+    }
+    // Back after a second, failing again: out for twice as long. (New
+    // classes go to the front of the line, where A comes back.)
+    let mut i = 0;
+    wait_until("A to be ejected again", T, || {
+        i += 1;
+        get(lb.addr, &format!("g{i}"), "/echo");
+        lb.proc.stderr().contains("ejected from the pool for 2 s")
+    });
+}

@@ -1,6 +1,8 @@
 """A tiny WSGI app served by waitress, for the upstream-app tests.
 
 Prints "PORT <n>" on stdout once it listens on 127.0.0.1 (port 0 = any).
+Arguments: [PORT [STATUS]]; with STATUS (say 503) every request gets that
+status, as from an application that is up but failing.
 
   /echo        JSON: method, path, query, selected headers, body length
                and FNV-1a digest
@@ -69,12 +71,21 @@ def app(environ, start_response):
     return [b"not found"]
 
 
+def failing(status):
+    def app(environ, start_response):
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "6")])
+        return [b"failed"]
+
+    return app
+
+
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    served = failing(sys.argv[2] + " Failing") if len(sys.argv) > 2 else app
     # Trust the worker's X-Forwarded-For, as a deployment behind resumelb
     # would: REMOTE_ADDR then names the real client.
     server = waitress.create_server(
-        app,
+        served,
         host="127.0.0.1",
         port=port,
         threads=4,

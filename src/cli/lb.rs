@@ -99,6 +99,13 @@ pub fn options() -> Options {
         "score given to a worker for a class it has no résumé entry for (default 1.0)",
         "X",
     );
+    o.optopt(
+        "",
+        "eject-after",
+        "gateway failures (502, 503, 504, aborted responses) in a row that take a worker out \
+         of the pool for a while; 0: never (default 5)",
+        "N",
+    );
     standard_options(&mut o);
     o
 }
@@ -166,6 +173,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<LbConfig>, CliError> {
         variance: value(&m, "variance", 4.0)?,
         backlog_history: value(&m, "backlog-history", 9)?,
         unskilled_score: value(&m, "unskilled-score", 1.0)?,
+        eject_after: value(&m, "eject-after", 5)?,
     };
     if !(settings.variance > 0.0 && settings.variance.is_finite()) {
         return Err(CliError::Usage("--variance must be above 0".into()));

@@ -285,13 +285,10 @@ fn check(f: &Figures, t: &Thresholds) -> (State, String) {
         problems.join(", ")
     };
     let perf = format!(
-        "'workers'={};{};{};0 'unavailable'={};{};{};0 'mean_backlog'={:.2};{};{};0 'max_backlog'={};{};{};0 'oldest_request'={}s;{};{};0",
+        "'workers'={};{};{};0 'mean_backlog'={:.2};{};{};0 'max_backlog'={};{};{};0 'oldest_request'={}s;{};{};0 'unavailable'={};{};{};0",
         f.workers,
         range(t.workers.0, false),
         range(t.workers.1, false),
-        f.unavailable,
-        range(t.unavailable.0, true),
-        range(t.unavailable.1, true),
         f.mean_backlog,
         range(t.mean.0, true),
         range(t.mean.1, true),
@@ -301,6 +298,9 @@ fn check(f: &Figures, t: &Thresholds) -> (State, String) {
         f.oldest,
         range(t.age.0, true),
         range(t.age.1, true),
+        f.unavailable,
+        range(t.unavailable.0, true),
+        range(t.unavailable.1, true),
     );
     (
         state,
@@ -504,8 +504,8 @@ mod tests {
         assert_eq!(s, State::Ok);
         assert!(
             line.ends_with(
-                "| 'workers'=3;@~:2;@~:1;0 'unavailable'=0;;;0 'mean_backlog'=2.00;@4:;@8.5:;0 \
-                 'max_backlog'=5;;;0 'oldest_request'=12s;;;0"
+                "| 'workers'=3;@~:2;@~:1;0 'mean_backlog'=2.00;@4:;@8.5:;0 \
+                 'max_backlog'=5;;;0 'oldest_request'=12s;;;0 'unavailable'=0;;;0"
             ),
             "{line}"
         );

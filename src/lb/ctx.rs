@@ -30,6 +30,8 @@ pub(super) struct Counters {
     pub(super) retries: u64,
     pub(super) bad_gateway: u64,
     pub(super) spilled_bytes: u64,
+    /// Workers taken out of the pool after gateway failures.
+    pub(super) ejections: u64,
 }
 
 /// A connection with output to flush.
@@ -73,6 +75,8 @@ pub(super) enum Effect {
     Dispatch(ClientKey),
     /// Stop a request on its worker: its client is gone or timed out.
     Cancel(WorkerKey, Rno),
+    /// How a request fared on its worker: a gateway failure (true) or not.
+    Outcome(WorkerKey, bool),
     /// The worker's response head cannot be passed on (why): log it with
     /// the worker's address and cancel the request there.
     BadResponse(WorkerKey, Rno, &'static str),

@@ -125,6 +125,9 @@ impl Loop {
             match effect {
                 Effect::Dispatch(client) => self.dispatch(client),
                 Effect::Cancel(worker, rno) => self.workers.cancel(worker, rno, &mut self.ctx),
+                Effect::Outcome(worker, failed) => {
+                    self.workers.outcome(worker, failed, &mut self.ctx)
+                }
                 Effect::BadResponse(worker, rno, why) => {
                     self.workers.bad_response(worker, rno, why, &mut self.ctx)
                 }
@@ -256,10 +259,12 @@ impl Loop {
                 Command::SetWorkers(w) => self.workers.set(w, &mut self.ctx),
                 Command::UpdateSettings(s) => {
                     log::info!(
-                        "pool settings: variance {}, backlog_history {}, unskilled_score {}",
+                        "pool settings: variance {}, backlog_history {}, unskilled_score {}, \
+                         eject_after {}",
                         s.variance,
                         s.backlog_history,
-                        s.unskilled_score
+                        s.unskilled_score,
+                        s.eject_after
                     );
                     self.ctx.balancer.update_settings(&s);
                 }

@@ -21,6 +21,7 @@ mod event_loop;
 mod exchange;
 pub(crate) mod metrics;
 pub(crate) mod outbuf;
+mod outliers;
 mod report;
 mod reqbody;
 mod resolver;

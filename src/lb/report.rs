@@ -2,6 +2,8 @@
 //! Prometheus metrics text, read from every part (like the loop, and unlike
 //! the parts, this module sees them all).
 
+use std::time::Instant;
+
 use serde_json::{json, Value};
 
 use super::clients::Clients;
@@ -11,16 +13,17 @@ use super::workers::{WorkerConn, Workers};
 use crate::pool::WorkerStatus;
 
 /// The status document, as JSON text with a newline. A worker's row shows
-/// while it is in the pool, and while its application is unavailable
-/// (`worker_details[addr].available` is false then).
+/// while it is in the pool, and while it is held out of it: unavailable
+/// (`worker_details[addr].available` false) or ejected after gateway
+/// failures (`worker_details[addr].ejected_for`, seconds left).
 pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u8> {
     let st = ctx.balancer.status();
-    let mut shown: Vec<(&WorkerConn, WorkerStatus, bool)> = st
+    let mut shown: Vec<(&WorkerConn, WorkerStatus)> = st
         .workers
         .iter()
-        .filter_map(|ws| Some((workers.by_id(ws.id)?, ws.clone(), true)))
+        .filter_map(|ws| Some((workers.by_id(ws.id)?, ws.clone())))
         .collect();
-    for w in workers.unavailable() {
+    for w in workers.held_out() {
         let ws = ctx
             .balancer
             .pool()
@@ -31,12 +34,17 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
                 mean_backlog: 0.0,
                 resume_size: w.resume_size(),
             });
-        shown.push((w, ws, false));
+        shown.push((w, ws));
     }
     shown.sort_by(|a, b| a.0.addr.cmp(&b.0.addr));
+    let now = Instant::now();
     let mut details = serde_json::Map::new();
-    for (w, ws, available) in &shown {
-        let mut d = json!({"resume_size": ws.resume_size, "available": available});
+    for (w, ws) in &shown {
+        let mut d = json!({"resume_size": ws.resume_size, "available": !w.is_unavailable()});
+        if let Some(until) = w.ejected_until() {
+            let left = until.saturating_duration_since(now).as_secs_f64();
+            d["ejected_for"] = json!((left * 10.0).ceil() / 10.0);
+        }
         if let Some(h) = &w.hello {
             d["threads"] = json!(h.threads);
             d["pid"] = json!(h.pid);
@@ -46,16 +54,20 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
     }
     let rows: Vec<Value> = shown
         .iter()
-        .map(|(w, ws, _)| {
+        .map(|(w, ws)| {
             let oldest = w.oldest().map_or(Value::Null, |t| json!(unix_secs(t)));
             json!([w.addr, ws.backlog, ws.mean_backlog, oldest])
         })
         .collect();
     let rows_ex: Vec<Value> = shown
         .iter()
-        .map(|(w, _, _)| json!([w.addr, w.unsent()]))
+        .map(|(w, _)| json!([w.addr, w.unsent()]))
         .collect();
-    let unavailable = shown.iter().filter(|s| !s.2).count();
+    let unavailable = shown.iter().filter(|s| s.0.is_unavailable()).count();
+    let ejected = shown
+        .iter()
+        .filter(|s| s.0.ejected_until().is_some())
+        .count();
     let settings = ctx.balancer.settings();
     let doc = json!({
         "backlog": st.backlog,
@@ -64,12 +76,15 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
         "workers_ex": rows_ex,
         "worker_details": details,
         "unavailable": unavailable,
+        "ejected": ejected,
+        "ejections": ctx.counters.ejections,
         "waiting": clients.waiting(),
         "clients": clients.len(),
         "settings": {
             "variance": settings.variance,
             "backlog_history": settings.backlog_history,
             "unskilled_score": settings.unskilled_score,
+            "eject_after": settings.eject_after,
         },
         "version": ctx.balancer.current_version(),
         "retries": ctx.counters.retries,
@@ -158,7 +173,30 @@ pub(super) fn metrics_text(ctx: &Ctx, workers: &Workers, clients: &Clients) -> S
         "resumelb_workers_unavailable",
         "gauge",
         "Connected workers whose application is down (they said \"unavailable\").",
-        &[(String::new(), workers.unavailable().count() as f64)],
+        &[(
+            String::new(),
+            workers.held_out().filter(|w| w.is_unavailable()).count() as f64,
+        )],
+    );
+    family(
+        &mut out,
+        "resumelb_workers_ejected",
+        "gauge",
+        "Workers out of the pool for a while after gateway failures in a row.",
+        &[(
+            String::new(),
+            workers
+                .held_out()
+                .filter(|w| w.ejected_until().is_some())
+                .count() as f64,
+        )],
+    );
+    family(
+        &mut out,
+        "resumelb_ejections_total",
+        "counter",
+        "Times a worker was taken out of the pool after gateway failures in a row.",
+        &[(String::new(), ctx.counters.ejections as f64)],
     );
     family(
         &mut out,

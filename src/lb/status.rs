@@ -225,15 +225,22 @@ pub fn format_text(doc: &Value, now: SystemTime) -> String {
             None => "-".to_string(),
         };
         let name = w[0].as_str().unwrap_or("");
-        // A worker whose application is down is marked after its row.
-        let down = doc["worker_details"][name]["available"] == Value::Bool(false);
+        // A worker held out of the pool is marked after its row.
+        let details = &doc["worker_details"][name];
+        let mark = if details["available"] == Value::Bool(false) {
+            "  unavailable"
+        } else if details["ejected_for"].is_number() {
+            "  ejected"
+        } else {
+            ""
+        };
         out.push_str(&format!(
             "{:<name_w$}  {:>7}  {:>12.2}  {:>10}{}\n",
             name,
             w[1].as_i64().unwrap_or(0),
             num(&w[2]),
             age,
-            if down { "  unavailable" } else { "" }
+            mark
         ));
     }
     out

@@ -1,5 +1,7 @@
-//! Pool settings (`variance`, `backlog_history`, `unskilled_score`) and their
-//! coercion from properties (ZooKeeper node data, JSON).
+//! LB settings that can change at run time: the classic pool's
+//! (`variance`, `backlog_history`, `unskilled_score`) and outlier
+//! detection's (`eject_after`), and their coercion from properties
+//! (ZooKeeper node data, JSON).
 
 use std::fmt;
 
@@ -11,6 +13,9 @@ pub struct Settings {
     pub variance: f64,
     pub backlog_history: u32,
     pub unskilled_score: f64,
+    /// Gateway failures in a row that take a worker out of the pool for a
+    /// while (0: never). Not a pool setting: the LB applies it.
+    pub eject_after: u32,
 }
 
 impl Default for Settings {
@@ -20,6 +25,7 @@ impl Default for Settings {
             variance: 1.0,
             backlog_history: 9,
             unskilled_score: 1.0,
+            eject_after: 5,
         }
     }
 }
@@ -86,6 +92,12 @@ impl Settings {
                 _ => bad("unskilled_score", v, "not a number of at least 0"),
             }
         }
+        if let Some(v) = props.get("eject_after") {
+            match as_f64(v).map(f64::trunc) {
+                Some(x) if (0.0..=u32::MAX as f64).contains(&x) => s.eject_after = x as u32,
+                _ => bad("eject_after", v, "not a whole number of at least 0"),
+            }
+        }
         (s, errors)
     }
 }
@@ -111,10 +123,14 @@ mod tests {
     #[test]
     fn coercion() {
         let (s, errs) = Settings::from_properties(
-            &props(json!({"variance": "2", "backlog_history": 6.2, "unskilled_score": 3})),
+            &props(
+                json!({"variance": "2", "backlog_history": 6.2, "unskilled_score": 3,
+                          "eject_after": "0"}),
+            ),
             &Settings::default(),
         );
         assert!(errs.is_empty());
+        assert_eq!(s.eject_after, 0);
         assert_eq!(s.variance, 2.0);
         assert_eq!(s.backlog_history, 6);
         assert_eq!(s.unskilled_score, 3.0);
@@ -140,12 +156,23 @@ mod tests {
     #[test]
     fn bad_values_are_reported_and_defaulted() {
         let (s, errs) = Settings::from_properties(
-            &props(json!({"variance": "lots", "backlog_history": 0, "unskilled_score": -1})),
+            &props(
+                json!({"variance": "lots", "backlog_history": 0, "unskilled_score": -1,
+                          "eject_after": -2}),
+            ),
             &Settings::default(),
         );
         assert_eq!(s, Settings::default());
         let names: Vec<_> = errs.iter().map(|e| e.name).collect();
-        assert_eq!(names, ["variance", "backlog_history", "unskilled_score"]);
+        assert_eq!(
+            names,
+            [
+                "variance",
+                "backlog_history",
+                "unskilled_score",
+                "eject_after"
+            ]
+        );
         assert!(errs[0].to_string().contains("variance=\"lots\""));
     }
 }

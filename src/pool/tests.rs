@@ -44,6 +44,7 @@ fn reference_scenario() {
         variance: 1.5,
         backlog_history: 2,
         unskilled_score: 0.5,
+        ..Settings::default()
     });
     let wd = 1.0 - 1.0 / 4.0;
 

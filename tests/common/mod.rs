@@ -639,10 +639,16 @@ pub struct Waitress {
 
 /// Start tests/wsgi_app.py on `port` of 127.0.0.1 (0: any free one).
 pub fn start_waitress(port: u16) -> Waitress {
+    start_waitress_with(port, &[])
+}
+
+/// The same with more arguments (a status: every request gets it).
+pub fn start_waitress_with(port: u16, args: &[&str]) -> Waitress {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wsgi_app.py");
     let mut child = Command::new(python())
         .arg(script)
         .arg(port.to_string())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use super::super::access;
 use super::super::ctx::{Ctx, Dirty, Effect, Response};
 use super::super::exchange::{Lost, Phase};
+use super::super::outliers::gateway_failure;
 use super::{ClientKey, Clients, Request};
 use crate::http::response::{chunk, plan, simple, Ask, BodyPiece};
 use crate::http::{reason, HttpError};
@@ -81,6 +82,7 @@ impl Clients {
                 if !r.ex.head(&p, Instant::now()) {
                     return;
                 }
+                ctx.effect(Effect::Outcome(worker, gateway_failure(p.status)));
                 if let Err(e) = c.out.push(&p.head) {
                     self.close(key, &format!("cannot buffer the response: {e}"), ctx);
                     return;

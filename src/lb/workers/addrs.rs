@@ -176,6 +176,7 @@ impl Workers {
             joined: false,
             draining: false,
             unavailable: false,
+            outlier: Default::default(),
             unlisted: false,
             resume: crate::proto::Resume::new(),
             hello: None,

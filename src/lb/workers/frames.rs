@@ -132,8 +132,8 @@ impl Workers {
                 if first {
                     log::info!("worker {} joined with {} classes", w.addr, r.len());
                 }
-                if w.unavailable {
-                    // Kept for when it is available again.
+                if w.held_out() {
+                    // Kept for when it is back in the pool.
                     return Ok(());
                 }
                 ctx.balancer.new_resume(id, version.as_deref(), r);
@@ -199,6 +199,7 @@ impl Workers {
             ToLb::Abort(rno) => {
                 let why = "the worker aborted the response";
                 self.end(key, rno, Response::Abort(why), ctx);
+                self.outcome(key, true, ctx);
             }
         }
         Ok(())

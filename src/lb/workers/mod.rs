@@ -14,6 +14,7 @@ use slotmap::SlotMap;
 
 use super::ctx::ClientKey;
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
+use super::outliers::{may_eject, Record};
 use super::reqbody::Piece;
 use super::resolver::Resolver;
 use crate::net::{fired, Armed};
@@ -66,6 +67,8 @@ pub(super) struct WorkerConn {
     /// Said "unavailable" (its application is down): out of the pool until
     /// it says "available".
     unavailable: bool,
+    /// Its gateway failures, and its ejection from the pool if any.
+    outlier: Record,
     /// No longer in the worker list: out of the pool, closed when idle
     /// (or back in the pool if listed again meanwhile).
     unlisted: bool,
@@ -96,12 +99,28 @@ impl WorkerConn {
 
     /// In the pool and taking requests.
     pub(super) fn is_up(&self) -> bool {
-        self.joined && !self.draining && !self.unavailable
+        self.joined && !self.draining && !self.held_out()
     }
 
-    /// Joined, listed and not draining, but its application is down.
+    /// Out of the pool for now, though it would serve: unavailable, or
+    /// ejected after failures.
+    fn held_out(&self) -> bool {
+        self.unavailable || self.outlier.ejected_until().is_some()
+    }
+
+    /// Joined, listed and not draining, but held out of the pool.
+    pub(super) fn is_held_out(&self) -> bool {
+        self.joined && self.held_out() && !self.draining && !self.unlisted
+    }
+
+    /// Said its application is unavailable.
     pub(super) fn is_unavailable(&self) -> bool {
-        self.joined && self.unavailable && !self.draining && !self.unlisted
+        self.unavailable
+    }
+
+    /// Ejected after gateway failures, until then.
+    pub(super) fn ejected_until(&self) -> Option<Instant> {
+        self.outlier.ejected_until()
     }
 
     /// Classes in its latest résumé.
@@ -169,9 +188,46 @@ impl Workers {
         self.map.get(*self.by_id.get(&id)?)
     }
 
-    /// The workers whose application is down (out of the pool).
-    pub(super) fn unavailable(&self) -> impl Iterator<Item = &WorkerConn> {
-        self.map.values().filter(|w| w.is_unavailable())
+    /// The workers held out of the pool: unavailable, or ejected.
+    pub(super) fn held_out(&self) -> impl Iterator<Item = &WorkerConn> {
+        self.map.values().filter(|w| w.is_held_out())
+    }
+
+    /// A request's outcome on a worker: a gateway failure (see
+    /// `outliers`) or not. Enough failures in a row take it out of the pool
+    /// for a while, within the half rule.
+    pub(super) fn outcome(&mut self, key: WorkerKey, failed: bool, ctx: &mut Ctx) {
+        let eject_after = ctx.balancer.settings().eject_after;
+        // Listed, joined, not draining: in the pool or held out of it.
+        let counts = failed.then(|| {
+            let serving = self
+                .map
+                .values()
+                .filter(|w| w.joined && !w.draining && !w.unlisted);
+            serving.fold((0, 0, 0), |(n, out, up), w| {
+                let ejected = w.ejected_until().is_some() as usize;
+                (n + 1, out + ejected, up + w.is_up() as usize)
+            })
+        });
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        let up = w.is_up();
+        let may = || up && counts.is_some_and(|(n, out, inp)| may_eject(out, n, inp));
+        let Some(until) = w.outlier.outcome(failed, Instant::now(), eject_after, may) else {
+            return;
+        };
+        let secs = until
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        log::warn!(
+            "worker {} ejected from the pool for {secs:.0} s after {eject_after} gateway \
+             failures in a row",
+            w.addr
+        );
+        ctx.counters.ejections += 1;
+        ctx.balancer.remove(w.id);
+        self.arm(key, ctx);
     }
 
     /// Every configured address, and whether its worker is in the pool.
@@ -294,6 +350,7 @@ impl Workers {
         let addr = self.map.get(key).map_or("?", |w| w.addr.as_str());
         log::warn!("bad response head from worker {addr}: {why}");
         self.cancel(key, rno, ctx);
+        self.outcome(key, true, ctx);
     }
 
     fn close_if_drained(&mut self, key: WorkerKey, ctx: &mut Ctx) {
@@ -427,6 +484,16 @@ impl Workers {
             self.close(key, why, ctx);
             return;
         }
+        if w.outlier.end_if_due(now) {
+            log::info!("worker {}: ejection over, back in the pool", w.addr);
+            if !w.unlisted {
+                let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
+                self.relist(key, version.as_deref(), ctx);
+            }
+        }
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
         if now >= w.keepalive_at {
             // No keep-alive before the handshake is done: the worker takes
             // nothing but the answer to its challenge until then.
@@ -442,6 +509,7 @@ impl Workers {
 
 impl WorkerConn {
     fn deadline(&self, ctx: &Ctx) -> Instant {
-        after(self.last_read, ctx.cfg.dead_worker_timeout).min(self.keepalive_at)
+        let due = after(self.last_read, ctx.cfg.dead_worker_timeout).min(self.keepalive_at);
+        self.ejected_until().map_or(due, |t| due.min(t))
     }
 }
