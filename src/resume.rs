@@ -93,6 +93,8 @@ pub struct Tracker {
     /// Failed requests per class since they were last taken
     /// ([`Tracker::take_failures`]).
     failures: std::collections::BTreeMap<String, u64>,
+    /// Failed requests per class since the start.
+    failed_total: std::collections::BTreeMap<String, u64>,
 }
 
 impl Tracker {
@@ -103,6 +105,7 @@ impl Tracker {
             generation: 0,
             classes: HashMap::new(),
             failures: Default::default(),
+            failed_total: Default::default(),
         };
         t.update_settings(settings);
         t
@@ -176,6 +179,12 @@ impl Tracker {
     /// (a worker that fails fast would otherwise look most skilled).
     pub fn failed(&mut self, class: &str) {
         *self.failures.entry(class.to_string()).or_insert(0) += 1;
+        *self.failed_total.entry(class.to_string()).or_insert(0) += 1;
+    }
+
+    /// The failures counted since the start, by class.
+    pub fn failed_total(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.failed_total
     }
 
     /// The failures counted since the last call, by class.
@@ -300,6 +309,7 @@ mod tests {
         assert_eq!(failures.get("a"), Some(&6));
         assert_eq!(failures.get("b"), Some(&5));
         assert!(t.take_failures().is_empty(), "taken once");
+        assert_eq!(t.failed_total().get("a"), Some(&6), "the totals stay");
         assert!(t.record("a", 0.5).is_some(), "the second success publishes");
     }
 

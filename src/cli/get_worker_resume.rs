@@ -1,6 +1,7 @@
 //! `get-worker-resume HOST:PORT…`: connect to workers as an LB would, read
 //! the résumé each sends first, and print it.
 
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -35,7 +36,14 @@ pub fn options() -> Options {
 }
 
 /// Read a worker's first résumé, answering its challenge with `secret`.
-pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<Resume, String> {
+/// What a worker tells a new connection: its résumé, and the requests
+/// that failed since it started, by class (from its hello).
+pub struct Report {
+    pub resume: Resume,
+    pub failed: BTreeMap<String, u64>,
+}
+
+pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<Report, String> {
     let sa = resolve(addr).map_err(|e| e.to_string())?;
     let timed_out = || format!("timed out after {} s", timeout.as_secs_f64());
     let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| match e.kind() {
@@ -47,6 +55,7 @@ pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<R
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     let mut answered = false;
+    let mut resume = None;
     loop {
         match ToLb::decode(&buf, DEFAULT_MAX_FRAME).map_err(|e| e.to_string())? {
             Decoded::Complete(msg, used) => {
@@ -65,13 +74,30 @@ pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<R
                     (_, Some(_)) if !answered => {
                         return Err("the worker sent no challenge: it has no shared secret".into())
                     }
-                    (ToLb::Resume(r), _) => return Ok(r),
+                    (ToLb::Resume(r), _) if resume.is_none() => resume = Some(r),
+                    // The hello follows the résumé at once.
+                    (ToLb::Hello(h), _) if resume.is_some() => {
+                        let resume = resume.take().unwrap_or_default();
+                        return Ok(Report {
+                            resume,
+                            failed: h.failed,
+                        });
+                    }
+                    (_, _) if resume.is_some() => {}
                     (other, _) => return Err(format!("expected a résumé first, got {other:?}")),
                 }
             }
             Decoded::Partial => {}
         }
         let n = match s.read(&mut chunk) {
+            // A worker that sends no hello: the résumé is all there is.
+            Ok(0) | Err(_) if resume.is_some() => {
+                let resume = resume.take().unwrap_or_default();
+                return Ok(Report {
+                    resume,
+                    failed: BTreeMap::new(),
+                });
+            }
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return Err(timed_out())
@@ -90,12 +116,24 @@ pub fn fetch(addr: &str, timeout: Duration, secret: Option<&Secret>) -> Result<R
     }
 }
 
-fn lines(resume: &Resume) -> String {
-    if resume.is_empty() {
+fn lines(report: &Report) -> String {
+    let mut out: String = if report.resume.is_empty() {
         // Nothing learnt yet (or nothing published: see --history).
-        return "(empty résumé)\n".into();
+        "(empty résumé)\n".into()
+    } else {
+        report
+            .resume
+            .iter()
+            .map(|(c, s)| format!("{c} {s}\n"))
+            .collect()
+    };
+    if !report.failed.is_empty() {
+        out.push_str("failed (5xx, not in the résumé):\n");
+        for (class, n) in &report.failed {
+            out.push_str(&format!("{class} {n}\n"));
+        }
     }
-    resume.iter().map(|(c, s)| format!("{c} {s}\n")).collect()
+    out
 }
 
 pub fn run(args: Vec<String>) -> Result<(), CliError> {
@@ -116,7 +154,8 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         match fetch(addr, timeout, secret.as_ref()) {
             Ok(r) => {
                 if json {
-                    all.insert(addr.clone(), serde_json::to_value(&r).unwrap_or_default());
+                    let resume = serde_json::to_value(&r.resume).unwrap_or_default();
+                    all.insert(addr.clone(), resume);
                 } else if several {
                     print!("{addr}\n{}", lines(&r));
                 } else {

@@ -31,6 +31,9 @@ pub struct Hello {
     pub threads: Option<u32>,
     pub pid: Option<u32>,
     pub version: Option<String>,
+    /// Requests that failed (5xx) since the worker started, by class: not
+    /// in the résumé, counted here (key `failed`, sent when not empty).
+    pub failed: BTreeMap<String, u64>,
 }
 
 /// The head of a response: status line text (`"200 OK"`) and headers.
@@ -152,6 +155,14 @@ pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello) -> Result<(), ProtoError> 
         }
         if let Some(v) = &hello.version {
             fields.insert("version", Value::Text(v.clone()));
+        }
+        if !hello.failed.is_empty() {
+            let failed = hello
+                .failed
+                .iter()
+                .map(|(class, n)| (Value::Text(class.clone()), Value::Integer((*n).into())))
+                .collect();
+            fields.insert("failed", Value::Map(failed));
         }
         seq.serialize_element(&fields)?;
         SerializeSeq::end(seq)
@@ -509,6 +520,16 @@ fn parse_word_array(items: Vec<Value>) -> Result<ToLb, ProtoError> {
                     Value::Integer(i) => Some(i.to_string()),
                     Value::Float(f) => Some(f.to_string()),
                     _ => None,
+                }
+            }
+            "failed" => {
+                let Value::Map(m) = v else { continue };
+                for (class, n) in m {
+                    if let (Value::Text(class), Value::Integer(n)) = (class, n) {
+                        if let Ok(n) = u64::try_from(n) {
+                            hello.failed.insert(class, n);
+                        }
+                    }
                 }
             }
             _ => {}

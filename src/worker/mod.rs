@@ -214,17 +214,14 @@ impl Worker {
         if config.handle_signals {
             control.handle_signals(&waker)?;
         }
-        let mut hello = Vec::new();
-        encode_hello(
-            &mut hello,
-            &Hello {
-                protocol: PROTOCOL_VERSION,
-                threads: Some(threads as u32),
-                pid: Some(std::process::id()),
-                version: config.version.clone(),
-            },
-        )
-        .map_err(std::io::Error::other)?;
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            threads: Some(threads as u32),
+            pid: Some(std::process::id()),
+            version: config.version.clone(),
+            failed: Default::default(),
+        };
+        encode_hello(&mut Vec::new(), &hello).map_err(std::io::Error::other)?;
         let io = io::IoLoop::new(
             poll,
             listener,

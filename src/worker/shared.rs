@@ -106,6 +106,8 @@ pub(crate) enum Ctl {
     Publish(Resume),
     /// The application can serve (true) or not (false) since now.
     Available(bool),
+    /// Failed requests since the start, by class (for the hello).
+    Failed(std::collections::BTreeMap<String, u64>),
 }
 
 /// Channels every app thread holds.

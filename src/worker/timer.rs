@@ -68,6 +68,13 @@ pub(crate) fn spawn(
                 match msg {
                     TimerMsg::Failure(class) => {
                         tracker.failed(&class);
+                        // Taken on the I/O thread's next round (no wake).
+                        if ctl
+                            .send(Ctl::Failed(tracker.failed_total().clone()))
+                            .is_err()
+                        {
+                            return;
+                        }
                         // The first is said at once; the next are gathered.
                         if failures_due.is_none() {
                             log_failures(&mut tracker);

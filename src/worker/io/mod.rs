@@ -23,7 +23,7 @@ use crate::net::{
     fired, read_chunk, register_conn, token_conn, Accepted, Acceptor, Chunk, Control, Deadlines,
     DirtySet, Reactor, Ready, Scratch, StopVerdict, Stops, ACCEPT_RETRY, LISTENER,
 };
-use crate::proto::{encode_available, encode_drain, encode_resume, Resume};
+use crate::proto::{encode_available, encode_drain, encode_hello, encode_resume, Hello, Resume};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
 
@@ -84,7 +84,7 @@ impl IoLoop {
         inputs: Inputs,
         trace: TraceLog,
         resume: &Resume,
-        hello_frame: Vec<u8>,
+        hello: Hello,
     ) -> io::Result<IoLoop> {
         let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
         let mut resume_frame = Vec::new();
@@ -99,7 +99,7 @@ impl IoLoop {
             deadlines: Deadlines::default(),
             draining: None,
             scratch: Scratch::default(),
-            ctx: Ctx::new(cfg, jobs, bodies, trace, resume_frame, hello_frame),
+            ctx: Ctx::new(cfg, jobs, bodies, trace, resume_frame, hello),
         })
     }
 
@@ -109,6 +109,8 @@ impl IoLoop {
     }
 
     fn accept_lbs(&mut self) {
+        // New connections are greeted with the latest hello and state.
+        self.take_ctl();
         loop {
             let (stream, peer) = match self.acceptor.accept() {
                 Accepted::Conn(s, p) => (s, p),
@@ -206,17 +208,7 @@ impl IoLoop {
         while let Ok(out) = self.inputs.out.try_recv() {
             self.on_out(out);
         }
-        while let Ok(ctl) = self.inputs.ctl.try_recv() {
-            match ctl {
-                Ctl::Publish(resume) => self.publish(&resume),
-                Ctl::Available(available) => {
-                    self.ctx.available = available;
-                    let mut frame = Vec::new();
-                    encode_available(&mut frame, available);
-                    self.send_all(&frame);
-                }
-            }
-        }
+        self.take_ctl();
         let mut stops = Stops::default();
         let (commands, reopen) = self.inputs.control.take(&mut stops);
         if reopen {
@@ -235,6 +227,28 @@ impl IoLoop {
             self.start_drain();
         }
         verdict
+    }
+
+    /// Messages from the timer and health threads: résumés to publish,
+    /// failure counts for the hello, availability.
+    fn take_ctl(&mut self) {
+        while let Ok(ctl) = self.inputs.ctl.try_recv() {
+            match ctl {
+                Ctl::Publish(resume) => self.publish(&resume),
+                Ctl::Failed(failed) => {
+                    // New connections' hello carries the counts.
+                    self.ctx.hello.failed = failed;
+                    self.ctx.hello_frame.clear();
+                    let _ = encode_hello(&mut self.ctx.hello_frame, &self.ctx.hello);
+                }
+                Ctl::Available(available) => {
+                    self.ctx.available = available;
+                    let mut frame = Vec::new();
+                    encode_available(&mut frame, available);
+                    self.send_all(&frame);
+                }
+            }
+        }
     }
 
     /// A new list of peers that may connect; connections from peers no

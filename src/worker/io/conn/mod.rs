@@ -15,7 +15,9 @@ use super::super::bodies::{Body, BodyIo};
 use super::super::shared::{Flow, Job};
 use crate::net::{each_frame, Armed, FrameFault};
 use crate::proto::auth::{nonce, Secret};
-use crate::proto::{encode_available, encode_challenge, encode_null, ProtoError, Rno, ToWorker};
+use crate::proto::{
+    encode_available, encode_challenge, encode_hello, encode_null, Hello, ProtoError, Rno, ToWorker,
+};
 use crate::tracelog::TraceLog;
 use crate::util::allow::AllowList;
 use crate::util::ratelog::{held_back, LogLimiter};
@@ -50,9 +52,11 @@ pub(super) struct Ctx {
     pub jobs: Sender<Job>,
     pub bodies: BodyIo,
     pub trace: TraceLog,
-    /// The current résumé and hello, encoded, for new connections.
+    /// The current résumé and hello (with the failure counts), encoded,
+    /// for new connections.
     pub resume_frame: Vec<u8>,
     pub hello_frame: Vec<u8>,
+    pub hello: Hello,
     next_req_id: u64,
     /// Jobs handed to app threads and not yet done.
     pub busy: usize,
@@ -71,8 +75,10 @@ impl Ctx {
         bodies: BodyIo,
         trace: TraceLog,
         resume_frame: Vec<u8>,
-        hello_frame: Vec<u8>,
+        hello: Hello,
     ) -> Ctx {
+        let mut hello_frame = Vec::new();
+        let _ = encode_hello(&mut hello_frame, &hello);
         Ctx {
             cfg,
             jobs,
@@ -80,6 +86,7 @@ impl Ctx {
             trace,
             resume_frame,
             hello_frame,
+            hello,
             next_req_id: 0,
             busy: 0,
             paused: false,
