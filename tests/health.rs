@@ -98,7 +98,7 @@ fn a_worker_whose_app_is_down_is_taken_out_of_rotation_and_back() {
 fn a_worker_failing_at_the_gateway_is_ejected_with_a_doubling_back_off() {
     let dir = TempDir::new("eject");
     let sock = dir.path("lb.sock");
-    let app_a = start_waitress_with(0, &["503"]);
+    let app_a = start_waitress_with(0, &["status=503"]);
     let app_b = start_waitress(0);
     let a = start_worker(&["--app", &format!("upstream:127.0.0.1:{}", app_a.port)]);
     let b = start_worker(&["--app", &format!("upstream:127.0.0.1:{}", app_b.port)]);
@@ -139,5 +139,167 @@ fn a_worker_failing_at_the_gateway_is_ejected_with_a_doubling_back_off() {
         i += 1;
         get(lb.addr, &format!("g{i}"), "/echo");
         lb.proc.stderr().contains("ejected from the pool for 2 s")
+    });
+}
+
+/// Requests served by a worker so far, from its trace log (`A` records:
+/// the app returned).
+fn served(trace: &std::path::Path) -> usize {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("A "))
+        .count()
+}
+
+/// `n` GETs from `clients` threads at once, classes `class0`…; the
+/// statuses.
+fn concurrent_gets(addr: std::net::SocketAddr, clients: usize, n: usize, prefix: &str) -> Vec<u16> {
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let prefix = prefix.to_string();
+            std::thread::spawn(move || {
+                (0..n)
+                    .map(|i| get(addr, &format!("{prefix}{}", (t + i) % 4), "/echo").status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// The adaptive pool: a worker whose application is 40 times slower than
+/// the other's loses its classes to the other, which learns them from the
+/// requests that waited too long for the slow one.
+#[test]
+fn adaptive_pool_moves_a_slow_workers_classes_to_the_others() {
+    let dir = TempDir::new("slow");
+    let slow_app = start_waitress_with(0, &["delay_ms=200"]);
+    let fast_app = start_waitress_with(0, &["delay_ms=5"]);
+    let (slow_trace, fast_trace) = (dir.path("slow.trace"), dir.path("fast.trace"));
+    let slow = start_worker(&[
+        "--app",
+        &format!("upstream:127.0.0.1:{}", slow_app.port),
+        "--threads",
+        "2",
+        "--tracelog",
+        slow_trace.to_str().unwrap(),
+    ]);
+    let fast = start_worker(&[
+        "--app",
+        &format!("upstream:127.0.0.1:{}", fast_app.port),
+        "--threads",
+        "2",
+        "--tracelog",
+        fast_trace.to_str().unwrap(),
+        "--history",
+        "5",
+    ]);
+    let sock = dir.path("lb.sock");
+    let lb = start_lb(&[
+        "-p",
+        "adaptive",
+        "-s",
+        sock.to_str().unwrap(),
+        &slow.addr.to_string(),
+        &fast.addr.to_string(),
+    ]);
+    wait_until("both workers in the pool", T, || {
+        pool_workers(&sock).len() == 2
+    });
+    // Learning: 8 clients at once, 4 classes.
+    let statuses = concurrent_gets(lb.addr, 8, 10, "k");
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // Then the same again: the fast worker serves most.
+    let (s0, f0) = (served(&slow_trace), served(&fast_trace));
+    let statuses = concurrent_gets(lb.addr, 8, 10, "k");
+    assert!(statuses.iter().all(|&s| s == 200));
+    wait_until("the traces written", T, || {
+        served(&slow_trace) - s0 + served(&fast_trace) - f0 == 80
+    });
+    let (slow_n, fast_n) = (served(&slow_trace) - s0, served(&fast_trace) - f0);
+    assert!(
+        fast_n >= 4 * slow_n,
+        "the fast worker served {fast_n} of 80, the slow one {slow_n}"
+    );
+}
+
+/// The adaptive pool: a stopped (SIGSTOP) worker holds no more requests
+/// than its threads; the others serve the rest; once it goes on, it gets
+/// work again.
+#[test]
+fn adaptive_pool_a_hung_worker_holds_no_more_than_its_threads() {
+    let dir = TempDir::new("hung");
+    let sock = dir.path("lb.sock");
+    let hung_trace = dir.path("hung.trace");
+    let hung = start_worker(&[
+        "--app",
+        "demo",
+        "--demo-miss-ms",
+        "0",
+        "--threads",
+        "2",
+        "--tracelog",
+        hung_trace.to_str().unwrap(),
+    ]);
+    let other = start_worker(&["--app", "demo", "--demo-miss-ms", "0", "--threads", "4"]);
+    let hung_addr = hung.addr.to_string();
+    let lb = start_lb(&[
+        "-p",
+        "adaptive",
+        "-s",
+        sock.to_str().unwrap(),
+        &hung_addr,
+        &other.addr.to_string(),
+    ]);
+    wait_until("both workers in the pool", T, || {
+        pool_workers(&sock).len() == 2
+    });
+    hung.proc.signal("STOP");
+    // 30 requests over 6 classes from 6 clients: at most 2 stick at the
+    // stopped worker, the rest are served.
+    let addr = lb.addr;
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|i| get(addr, &format!("h{}", (c + i) % 6), "/1").status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let backlog = |doc: &serde_json::Value| {
+        doc["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[0] == hung_addr.as_str())
+            .and_then(|r| r[1].as_i64())
+    };
+    wait_until("two requests stuck at the stopped worker", T, || {
+        backlog(&status(&sock)) == Some(2)
+    });
+    // The clients not stuck finish while it is stopped.
+    wait_until("the others served", T, || {
+        clients.iter().filter(|t| t.is_finished()).count() >= 4
+    });
+    assert_eq!(
+        backlog(&status(&sock)),
+        Some(2),
+        "never more than its threads"
+    );
+    hung.proc.signal("CONT");
+    for t in clients {
+        assert!(t.join().unwrap().iter().all(|&s| s == 200));
+    }
+    let before = served(&hung_trace);
+    let mut i = 0;
+    wait_until("the worker to serve again", T, || {
+        i += 1;
+        get(lb.addr, &format!("n{i}"), "/1");
+        served(&hung_trace) > before
     });
 }

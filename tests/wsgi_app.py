@@ -1,8 +1,9 @@
 """A tiny WSGI app served by waitress, for the upstream-app tests.
 
 Prints "PORT <n>" on stdout once it listens on 127.0.0.1 (port 0 = any).
-Arguments: [PORT [STATUS]]; with STATUS (say 503) every request gets that
-status, as from an application that is up but failing.
+Arguments: [PORT [status=CODE] [delay_ms=MS]]: with a status (say 503)
+every request gets it, as from an application that is up but failing; with
+a delay every request takes that much longer, as from a slow application.
 
   /echo        JSON: method, path, query, selected headers, body length
                and FNV-1a digest
@@ -12,6 +13,7 @@ status, as from an application that is up but failing.
 """
 import json
 import sys
+import time
 
 import waitress
 
@@ -79,9 +81,20 @@ def failing(status):
     return app
 
 
+def delayed(inner, seconds):
+    def app(environ, start_response):
+        time.sleep(seconds)
+        return inner(environ, start_response)
+
+    return app
+
+
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    served = failing(sys.argv[2] + " Failing") if len(sys.argv) > 2 else app
+    opts = dict(a.split("=", 1) for a in sys.argv[2:])
+    served = failing(opts["status"] + " Failing") if "status" in opts else app
+    if "delay_ms" in opts:
+        served = delayed(served, int(opts["delay_ms"]) / 1000.0)
     # Trust the worker's X-Forwarded-For, as a deployment behind resumelb
     # would: REMOTE_ADDR then names the real client.
     server = waitress.create_server(

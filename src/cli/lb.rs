@@ -57,7 +57,12 @@ pub fn common_options(o: &mut Options) {
         "serve the status document on this Unix socket",
         "PATH",
     );
-    o.optopt("p", "pool", "resume (default) or classless", "POOL");
+    o.optopt(
+        "p",
+        "pool",
+        "resume (default), classless or adaptive",
+        "POOL",
+    );
     o.optopt(
         "",
         "metrics-address",

@@ -54,6 +54,8 @@ pub(super) enum Due {
     Trim,
     /// The shutdown timeout.
     Stop,
+    /// Waiting requests may go to any free worker now.
+    ServeWaiting,
 }
 
 /// A worker's frame for a client's exchange.

@@ -20,7 +20,7 @@ use super::status::Status;
 use super::workers::{self, WorkerKey, Workers};
 use super::{Command, LbConfig};
 use crate::net::{
-    token_conn, Accepted, Acceptor, Bound, Control, Reactor, Ready, StopVerdict, Stops,
+    token_conn, Accepted, Acceptor, Armed, Bound, Control, Reactor, Ready, StopVerdict, Stops,
     ACCEPT_RETRY, LISTENER,
 };
 use crate::proto::MAX_CHUNK;
@@ -44,6 +44,8 @@ pub(super) struct Loop {
     spilled: Receiver<SpillRead>,
     /// After `accept` failed: no accepting before this.
     accept_retry: Option<Instant>,
+    /// When waiting requests may next go to any free worker.
+    spill_armed: Armed,
 }
 
 impl Loop {
@@ -70,6 +72,7 @@ impl Loop {
             control,
             spilled,
             accept_retry: None,
+            spill_armed: Armed::default(),
         };
         lp.workers.set(specs, &mut lp.ctx);
         lp.ctx.deadlines.push(Instant::now() + TRIM_IDLE, Due::Trim);
@@ -155,6 +158,7 @@ impl Loop {
             None => {
                 if self.clients.dispatching(client).is_some() {
                     self.clients.wait(client);
+                    self.arm_spill();
                 }
             }
         }
@@ -175,17 +179,36 @@ impl Loop {
         }
     }
 
-    /// Requests waiting for a worker get one, while the pool has one.
+    /// Requests waiting for a worker get one, class by class (the class
+    /// waiting longest first), as far as the pool has one for each.
     fn serve_waiting(&mut self) {
-        while let Some(client) = self.clients.first_waiting() {
-            let Some(class) = self.clients.class(client).map(str::to_owned) else {
-                return;
-            };
-            let Some(worker) = self.workers.pick(&class, &mut self.ctx) else {
-                return;
-            };
-            self.clients.pop_waiting();
-            self.send(client, worker);
+        let now = Instant::now();
+        for (class, _) in self.clients.waiting_classes() {
+            while let Some((client, since)) = self.clients.next_waiting(&class) {
+                let waited = now.saturating_duration_since(since);
+                let Some(worker) = self.workers.pick_waited(&class, waited, &mut self.ctx) else {
+                    break;
+                };
+                self.clients.pop_waiting(&class);
+                self.send(client, worker);
+            }
+        }
+        self.arm_spill();
+    }
+
+    /// A pool that holds requests back while their skilled workers are busy
+    /// lets them go to any free worker after a while: wake up then.
+    fn arm_spill(&mut self) {
+        let next = self
+            .clients
+            .waiting_classes()
+            .into_iter()
+            .filter_map(|(class, since)| Some(since + self.ctx.balancer.spill_after(&class)?))
+            .min();
+        if let Some(at) = next {
+            self.ctx
+                .deadlines
+                .arm(&mut self.spill_armed, at, Due::ServeWaiting);
         }
     }
 
@@ -321,6 +344,11 @@ impl Loop {
                 Due::Reconnect => self.workers.on_reconnect(at, now, &mut self.ctx),
                 Due::Accept => self.maybe_resume_accepting(),
                 Due::Trim => self.trim_memory(now),
+                Due::ServeWaiting => {
+                    if self.spill_armed.fire(at) {
+                        self.serve_waiting();
+                    }
+                }
                 // The loop checks the time after this round.
                 Due::Stop => {}
             }

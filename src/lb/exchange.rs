@@ -128,8 +128,12 @@ impl<W: Copy> Exchange<W> {
         self.phase = Phase::Waiting { since: now };
     }
 
-    pub(super) fn is_waiting(&self) -> bool {
-        matches!(self.phase, Phase::Waiting { .. })
+    /// Since when it waits for a worker, if it does.
+    pub(super) fn waiting_since(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Waiting { since } => Some(since),
+            _ => None,
+        }
     }
 
     /// Sent to `worker` as request `rno`.
@@ -290,7 +294,7 @@ mod tests {
         let mut ex = get(t);
         ex.dispatching(secs(t, 1));
         ex.wait(secs(t, 1));
-        assert!(ex.is_waiting());
+        assert_eq!(ex.waiting_since(), Some(secs(t, 1)));
         assert_eq!(ex.on_worker(), None);
         assert_eq!(
             ex.cancel_when_gone(),

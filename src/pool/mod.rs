@@ -4,6 +4,7 @@
 //! [`Balancer`], which wraps one [`Pool`] (classic résumé pool or classless)
 //! and, in single-version mode, decides which workers are in it.
 
+mod adaptive;
 mod classic;
 mod classless;
 mod line;
@@ -12,6 +13,7 @@ mod settings;
 mod tests;
 mod versions;
 
+pub use adaptive::AdaptivePool;
 pub use classic::ResumePool;
 pub use classless::ClasslessPool;
 pub use settings::{SettingError, Settings};
@@ -74,8 +76,20 @@ pub trait Pool: Send + fmt::Debug {
     /// Take the worker out of the pool but keep its counters; its next
     /// résumé brings it back (single-version switches).
     fn park(&mut self, w: WorkerId);
-    /// Choose a worker for a request of `class`; `None` with no workers.
+    /// Choose a worker for a request of `class`; `None` with no workers
+    /// (or, for a pool that bounds them, none free).
     fn get(&mut self, class: &str) -> Option<WorkerId>;
+    /// The same for a request that has waited `waited` for a worker.
+    fn get_waited(&mut self, class: &str, _waited: std::time::Duration) -> Option<WorkerId> {
+        self.get(class)
+    }
+    /// How long a waiting request of `class` waits before any free worker
+    /// takes it (`None`: no such limit, or not known).
+    fn spill_after(&self, _class: &str) -> Option<std::time::Duration> {
+        None
+    }
+    /// What the worker said in its hello: its name (address) and capacity.
+    fn describe(&mut self, _w: WorkerId, _name: &str, _capacity: usize) {}
     /// The worker's part of a request chosen by `get` is over.
     fn put(&mut self, w: WorkerId);
     fn update_settings(&mut self, settings: &Settings);
@@ -95,6 +109,7 @@ pub trait Pool: Send + fmt::Debug {
 pub enum PoolKind {
     Resume,
     Classless,
+    Adaptive,
 }
 
 impl FromStr for PoolKind {
@@ -103,8 +118,9 @@ impl FromStr for PoolKind {
         match s {
             "resume" => Ok(PoolKind::Resume),
             "classless" => Ok(PoolKind::Classless),
+            "adaptive" => Ok(PoolKind::Adaptive),
             other => Err(format!(
-                "unknown pool {other:?} (expected \"resume\" or \"classless\")"
+                "unknown pool {other:?} (expected \"resume\", \"classless\" or \"adaptive\")"
             )),
         }
     }
@@ -112,12 +128,13 @@ impl FromStr for PoolKind {
 
 impl PoolKind {
     /// Every pool's `-p` name (benchmarks run each as a variant).
-    pub const NAMES: [&'static str; 2] = ["resume", "classless"];
+    pub const NAMES: [&'static str; 3] = ["resume", "classless", "adaptive"];
 
     pub fn build(self, settings: Settings) -> Box<dyn Pool> {
         match self {
             PoolKind::Resume => Box::new(ResumePool::new(settings)),
             PoolKind::Classless => Box::new(ClasslessPool::new(settings)),
+            PoolKind::Adaptive => Box::new(AdaptivePool::new(settings)),
         }
     }
 }

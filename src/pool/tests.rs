@@ -356,3 +356,21 @@ fn every_pool_name_parses() {
     }
     assert!("nonsense".parse::<PoolKind>().is_err());
 }
+
+/// Single-version mode with the adaptive pool: only the current version's
+/// workers are served, and a switch needs a strict majority, as with the
+/// other pools.
+#[test]
+fn single_version_with_the_adaptive_pool() {
+    let mut b = Balancer::new(PoolKind::Adaptive, Settings::default(), true);
+    for (id, version) in [(1, "1"), (2, "1"), (3, "2"), (4, "2")] {
+        b.describe(w(id), &format!("10.0.0.{id}:80"), 8);
+        b.new_resume(w(id), Some(version), Resume::new());
+    }
+    assert_eq!(b.current_version(), Some("1"));
+    assert_eq!(versions_served(&mut b, 10), [1, 2]);
+    b.describe(w(5), "10.0.0.5:80", 8);
+    b.new_resume(w(5), Some("2"), Resume::new());
+    assert_eq!(b.current_version(), Some("2"));
+    assert_eq!(versions_served(&mut b, 12), [3, 4, 5]);
+}

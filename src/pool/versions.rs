@@ -156,6 +156,21 @@ impl Balancer {
         self.pool.get(class)
     }
 
+    /// A worker for a request that has waited `waited` (see
+    /// [`Pool::get_waited`]).
+    pub fn get_waited(&mut self, class: &str, waited: std::time::Duration) -> Option<WorkerId> {
+        self.pool.get_waited(class, waited)
+    }
+
+    pub fn spill_after(&self, class: &str) -> Option<std::time::Duration> {
+        self.pool.spill_after(class)
+    }
+
+    /// A worker's name and capacity, from its hello.
+    pub fn describe(&mut self, w: WorkerId, name: &str, capacity: usize) {
+        self.pool.describe(w, name, capacity);
+    }
+
     pub fn put(&mut self, w: WorkerId) {
         self.pool.put(w)
     }

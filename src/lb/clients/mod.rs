@@ -6,10 +6,11 @@
 
 mod read;
 mod respond;
+mod waiting;
 
 use read::{read_body, start_request, Reading, Step};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -118,26 +119,13 @@ fn rbuf_limit() -> usize {
 pub(super) struct Clients {
     map: SlotMap<ClientKey, Client>,
     by_spill_id: HashMap<u64, ClientKey>,
-    /// Requests waiting for a worker, oldest first.
-    waiting: VecDeque<ClientKey>,
+    /// Requests waiting for a worker.
+    waiting: waiting::Queues,
 }
 
 impl Clients {
     pub(super) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// Requests waiting for a worker (the queue may still hold some that
-    /// ended meanwhile: they are dropped as it is served).
-    pub(super) fn waiting(&self) -> usize {
-        self.waiting.iter().filter(|&&k| self.is_waiting(k)).count()
-    }
-
-    fn is_waiting(&self, key: ClientKey) -> bool {
-        self.map
-            .get(key)
-            .and_then(|c| c.req.as_ref())
-            .is_some_and(|r| r.ex.is_waiting())
     }
 
     /// Exchanges in progress (cut off by an exit at once).
@@ -278,29 +266,6 @@ impl Clients {
         Some((&r.environ, r.ex.body_len() > 0))
     }
 
-    /// No worker is free: wait for one.
-    pub(super) fn wait(&mut self, key: ClientKey) {
-        if let Some(r) = self.map.get_mut(key).and_then(|c| c.req.as_mut()) {
-            r.ex.wait(Instant::now());
-            self.waiting.push_back(key);
-        }
-    }
-
-    /// The oldest request still waiting for a worker.
-    pub(super) fn first_waiting(&mut self) -> Option<ClientKey> {
-        while let Some(&key) = self.waiting.front() {
-            if self.is_waiting(key) {
-                return Some(key);
-            }
-            self.waiting.pop_front();
-        }
-        None
-    }
-
-    pub(super) fn pop_waiting(&mut self) {
-        self.waiting.pop_front();
-    }
-
     /// Sent to a worker as request `rno`.
     pub(super) fn sent(&mut self, key: ClientKey, worker: WorkerKey, rno: Rno, ctx: &mut Ctx) {
         if let Some(r) = self.map.get_mut(key).and_then(|c| c.req.as_mut()) {
@@ -308,15 +273,6 @@ impl Clients {
             r.body.rewind();
         }
         self.arm(key, ctx);
-    }
-
-    /// Shutting down: requests waiting for a worker (there is none in the
-    /// pool, or they would not wait) get 503 at once.
-    pub(super) fn refuse_waiting(&mut self, ctx: &mut Ctx) {
-        while let Some(key) = self.first_waiting() {
-            self.waiting.pop_front();
-            self.refuse(key, NO_WORKER_AT_SHUTDOWN, ctx);
-        }
     }
 
     /// The next piece of a request's body for its worker (`None`: the

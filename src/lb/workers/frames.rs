@@ -120,7 +120,11 @@ impl Workers {
         let id = w.id;
         match msg {
             ToLb::KeepAlive | ToLb::Unknown(_) | ToLb::Challenge(_) => {}
-            ToLb::Hello(h) => w.hello = Some(h),
+            ToLb::Hello(h) => {
+                let threads = h.threads.unwrap_or(1) as usize;
+                w.hello = Some(h);
+                ctx.balancer.describe(id, &w.addr, threads);
+            }
             ToLb::Resume(r) => {
                 w.resume = r.clone();
                 if w.draining || w.unlisted {
@@ -136,7 +140,7 @@ impl Workers {
                     // Kept for when it is back in the pool.
                     return Ok(());
                 }
-                ctx.balancer.new_resume(id, version.as_deref(), r);
+                w.join_pool(version.as_deref(), r, ctx);
                 if first {
                     ctx.effect(Effect::ServeWaiting);
                 }
@@ -216,6 +220,8 @@ impl Workers {
         };
         w.sending.retain(|&r| r != rno);
         ctx.balancer.put(w.id);
+        // A slot is free: a request waiting for one may take it.
+        ctx.effect(Effect::ServeWaiting);
         ctx.effect(Effect::Response(f.client, resp));
         self.close_if_drained(key, ctx);
     }

@@ -5,6 +5,7 @@
 
 mod addrs;
 mod frames;
+mod health;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
@@ -14,7 +15,7 @@ use slotmap::SlotMap;
 
 use super::ctx::ClientKey;
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
-use super::outliers::{may_eject, Record};
+use super::outliers::Record;
 use super::reqbody::Piece;
 use super::resolver::Resolver;
 use crate::net::{fired, Armed};
@@ -128,6 +129,19 @@ impl WorkerConn {
         self.resume.len()
     }
 
+    /// Into the pool with `resume`, its name and capacity said first (a
+    /// capacity-aware pool bounds its requests by its threads).
+    pub(super) fn join_pool(
+        &self,
+        version: Option<&str>,
+        resume: crate::proto::Resume,
+        ctx: &mut Ctx,
+    ) {
+        let threads = self.hello.as_ref().and_then(|h| h.threads).unwrap_or(1);
+        ctx.balancer.describe(self.id, &self.addr, threads as usize);
+        ctx.balancer.new_resume(self.id, version, resume);
+    }
+
     /// The pool's name for it.
     pub(super) fn id(&self) -> WorkerId {
         self.id
@@ -188,48 +202,6 @@ impl Workers {
         self.map.get(*self.by_id.get(&id)?)
     }
 
-    /// The workers held out of the pool: unavailable, or ejected.
-    pub(super) fn held_out(&self) -> impl Iterator<Item = &WorkerConn> {
-        self.map.values().filter(|w| w.is_held_out())
-    }
-
-    /// A request's outcome on a worker: a gateway failure (see
-    /// `outliers`) or not. Enough failures in a row take it out of the pool
-    /// for a while, within the half rule.
-    pub(super) fn outcome(&mut self, key: WorkerKey, failed: bool, ctx: &mut Ctx) {
-        let eject_after = ctx.balancer.settings().eject_after;
-        // Listed, joined, not draining: in the pool or held out of it.
-        let counts = failed.then(|| {
-            let serving = self
-                .map
-                .values()
-                .filter(|w| w.joined && !w.draining && !w.unlisted);
-            serving.fold((0, 0, 0), |(n, out, up), w| {
-                let ejected = w.ejected_until().is_some() as usize;
-                (n + 1, out + ejected, up + w.is_up() as usize)
-            })
-        });
-        let Some(w) = self.map.get_mut(key) else {
-            return;
-        };
-        let up = w.is_up();
-        let may = || up && counts.is_some_and(|(n, out, inp)| may_eject(out, n, inp));
-        let Some(until) = w.outlier.outcome(failed, Instant::now(), eject_after, may) else {
-            return;
-        };
-        let secs = until
-            .saturating_duration_since(Instant::now())
-            .as_secs_f64();
-        log::warn!(
-            "worker {} ejected from the pool for {secs:.0} s after {eject_after} gateway \
-             failures in a row",
-            w.addr
-        );
-        ctx.counters.ejections += 1;
-        ctx.balancer.remove(w.id);
-        self.arm(key, ctx);
-    }
-
     /// Every configured address, and whether its worker is in the pool.
     pub(super) fn addresses(&self) -> impl Iterator<Item = (&str, bool)> {
         self.addrs.iter().map(|(addr, a)| {
@@ -243,8 +215,18 @@ impl Workers {
 
     /// A worker for `class` from the pool.
     pub(super) fn pick(&mut self, class: &str, ctx: &mut Ctx) -> Option<WorkerKey> {
+        self.pick_waited(class, std::time::Duration::ZERO, ctx)
+    }
+
+    /// A worker for a request of `class` that has waited `waited`.
+    pub(super) fn pick_waited(
+        &mut self,
+        class: &str,
+        waited: std::time::Duration,
+        ctx: &mut Ctx,
+    ) -> Option<WorkerKey> {
         loop {
-            let id = ctx.balancer.get(class)?;
+            let id = ctx.balancer.get_waited(class, waited)?;
             match self.by_id.get(&id) {
                 Some(&key) if self.map.get(key).is_some_and(|w| w.is_up()) => return Some(key),
                 _ => {
@@ -340,17 +322,10 @@ impl Workers {
         w.sending.retain(|&r| r != rno);
         encode_null(w.out.buf(), rno);
         ctx.balancer.put(w.id);
+        // A slot is free: a request waiting for one may take it.
+        ctx.effect(Effect::ServeWaiting);
         ctx.dirty.mark(Dirty::Worker(key));
         self.close_if_drained(key, ctx);
-    }
-
-    /// A response head that cannot be passed on: said with the worker's
-    /// address, and the request cancelled there.
-    pub(super) fn bad_response(&mut self, key: WorkerKey, rno: Rno, why: &str, ctx: &mut Ctx) {
-        let addr = self.map.get(key).map_or("?", |w| w.addr.as_str());
-        log::warn!("bad response head from worker {addr}: {why}");
-        self.cancel(key, rno, ctx);
-        self.outcome(key, true, ctx);
     }
 
     fn close_if_drained(&mut self, key: WorkerKey, ctx: &mut Ctx) {
@@ -386,7 +361,7 @@ impl Workers {
         };
         w.unlisted = false;
         if w.is_up() {
-            ctx.balancer.new_resume(w.id, version, w.resume.clone());
+            w.join_pool(version, w.resume.clone(), ctx);
             ctx.effect(Effect::ServeWaiting);
         }
     }
