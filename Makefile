@@ -12,7 +12,7 @@ BINS = resumelb zkresumelb resumelb-worker get-worker-resume get-lb-status rlb-n
 MAN1 = $(addsuffix .1,$(BINS))
 MAN7 = resumelb-protocol.7
 
-.PHONY: all build install uninstall soak fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool bench-compare bench-peers clean
+.PHONY: all build install uninstall soak faults fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool bench-compare bench-peers clean
 
 all: build
 
@@ -77,6 +77,12 @@ fuzz:
 soak:
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/soak
+
+## Faults: an application down, a slow one, a hung worker, with each pool
+## (FAULT_SECONDS per phase, default 4).
+faults: deps
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/faults
 
 ## Figures: LB overhead against a direct upstream, then the pool.
 bench:

@@ -1,0 +1,183 @@
+//! `make faults`: what a failing, slow or hung worker does to the clients,
+//! with each pool. Three workers behind one LB on loopback, 8 keep-alive
+//! connections over 10 request classes; for each fault a phase before it,
+//! one right after it (0–4 s) and one later (4–8 s):
+//!
+//! - app down: the HTTP application behind one `upstream` worker is killed;
+//! - slow app: one application becomes 40 times slower (5 ms → 200 ms);
+//! - hung worker: one `demo` worker is stopped with SIGSTOP.
+//!
+//! Prints requests/s, the share of failed (non-200) requests, p50/p99 and
+//! the requests that took over a second. Figures, not assertions.
+//! FAULT_SECONDS sets the phase length (default 4).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use resumelb::loadgen::{bin_dir, die_with_parent, run, spawn, LoadResult, LoadSpec, Rng, Spawned};
+
+const POOLS: [&str; 2] = ["resume", "adaptive"];
+const WORKERS: usize = 3;
+
+/// tests/wsgi_app.py under waitress (the virtualenv `make deps` makes).
+struct App {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_app(port: u16, delay_ms: u64) -> std::io::Result<App> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("RLB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".venv/bin/python"));
+    let mut cmd = Command::new(python);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .arg(root.join("tests/wsgi_app.py"))
+        .arg(port.to_string())
+        .arg(format!("delay_ms={delay_ms}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("the app said {line:?}")))?;
+    Ok(App { child, port })
+}
+
+fn load(lb: SocketAddr, seconds: u64, path: &'static str) -> std::io::Result<LoadResult> {
+    run(&LoadSpec {
+        targets: vec![lb],
+        connections: 8,
+        duration: Duration::from_secs(seconds),
+        max_requests: 10_000_000,
+        make: Arc::new(move |rng: &mut Rng| (format!("class{}", rng.below(10)), path.to_string())),
+        demo_report: false,
+        seed: 11,
+    })
+}
+
+fn row(fault: &str, pool: &str, phase: &str, r: &LoadResult) {
+    let all = r.requests + r.errors;
+    let failed = if all == 0 {
+        0.0
+    } else {
+        100.0 * r.errors as f64 / all as f64
+    };
+    let slow = r.latencies.iter().filter(|&&us| us > 1_000_000).count();
+    println!(
+        "{fault:<13} {pool:<9} {phase:<12} {:>7.0} {:>6.1} {:>8.2} {:>8.2} {:>5}",
+        r.rate(),
+        failed,
+        r.percentile_ms(50.0),
+        r.percentile_ms(99.0),
+        slow
+    );
+}
+
+fn worker(bins: &Path, app: &str) -> std::io::Result<Spawned> {
+    spawn(
+        &bins.join("resumelb-worker"),
+        &["-a", "127.0.0.1:0", "--app", app, "--threads", "4", "--demo-miss-ms", "0"],
+        "worker listening on ",
+    )
+}
+
+fn lb(bins: &Path, pool: &str, workers: &[Spawned]) -> std::io::Result<Spawned> {
+    let addrs: Vec<String> = workers.iter().map(|w| w.addr.to_string()).collect();
+    let mut args = vec!["-a", "127.0.0.1:0", "-p", pool];
+    args.extend(addrs.iter().map(String::as_str));
+    spawn(&bins.join("resumelb"), &args, "listening on ")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status();
+}
+
+fn main() -> std::io::Result<()> {
+    let bins = bin_dir();
+    let secs: u64 = std::env::var("FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    println!(
+        "faults: {WORKERS} workers x 4 threads, 8 connections, 10 classes, phases of {secs} s"
+    );
+    println!(
+        "{:<13} {:<9} {:<12} {:>7} {:>6} {:>8} {:>8} {:>5}",
+        "fault", "pool", "phase", "req/s", "fail%", "p50 ms", "p99 ms", ">1s"
+    );
+    for pool in POOLS {
+        // The application behind one worker dies.
+        let mut apps: Vec<App> = (0..WORKERS)
+            .map(|_| start_app(0, 5))
+            .collect::<std::io::Result<_>>()?;
+        let workers: Vec<Spawned> = apps
+            .iter()
+            .map(|a| worker(&bins, &format!("upstream:127.0.0.1:{}", a.port)))
+            .collect::<std::io::Result<_>>()?;
+        let front = lb(&bins, pool, &workers)?;
+        load(front.addr, 2, "/echo")?;
+        row("app down", pool, "before", &load(front.addr, secs, "/echo")?);
+        drop(apps.remove(0));
+        row("app down", pool, "just after", &load(front.addr, secs, "/echo")?);
+        row("app down", pool, "later", &load(front.addr, secs, "/echo")?);
+        drop(front);
+        drop(workers);
+        drop(apps);
+
+        // One application becomes 40 times slower.
+        let mut apps: Vec<App> = (0..WORKERS)
+            .map(|_| start_app(0, 5))
+            .collect::<std::io::Result<_>>()?;
+        let workers: Vec<Spawned> = apps
+            .iter()
+            .map(|a| worker(&bins, &format!("upstream:127.0.0.1:{}", a.port)))
+            .collect::<std::io::Result<_>>()?;
+        let front = lb(&bins, pool, &workers)?;
+        load(front.addr, 2, "/echo")?;
+        row("slow app", pool, "before", &load(front.addr, secs, "/echo")?);
+        let port = apps[0].port;
+        drop(apps.remove(0));
+        apps.push(start_app(port, 200)?);
+        row("slow app", pool, "just after", &load(front.addr, secs, "/echo")?);
+        row("slow app", pool, "later", &load(front.addr, secs, "/echo")?);
+        drop(front);
+        drop(workers);
+        drop(apps);
+
+        // One worker hangs (SIGSTOP), then goes on.
+        let workers: Vec<Spawned> = (0..WORKERS)
+            .map(|_| worker(&bins, "demo"))
+            .collect::<std::io::Result<_>>()?;
+        let front = lb(&bins, pool, &workers)?;
+        load(front.addr, 2, "/1")?;
+        row("hung worker", pool, "before", &load(front.addr, secs, "/1")?);
+        signal(&workers[0].child, "STOP");
+        row("hung worker", pool, "just after", &load(front.addr, secs, "/1")?);
+        row("hung worker", pool, "later", &load(front.addr, secs, "/1")?);
+        signal(&workers[0].child, "CONT");
+        drop(front);
+        drop(workers);
+    }
+    Ok(())
+}
