@@ -119,6 +119,15 @@ impl AdaptivePool {
             .map(|(&id, _)| id)
     }
 
+    /// The best score for `class` in the pool (0 if none).
+    fn best_score(&self, class: &str) -> f64 {
+        self.workers
+            .values()
+            .filter(|w| w.in_pool)
+            .filter_map(|w| w.resume.get(class).copied())
+            .fold(0.0_f64, f64::max)
+    }
+
     fn take(&mut self, w: WorkerId) -> WorkerId {
         self.worker(w).in_flight += 1;
         self.in_flight += 1;
@@ -169,16 +178,22 @@ impl Pool for AdaptivePool {
             return None;
         }
         let w = self.first_free_by_rank(class)?;
+        // A spilled class: until its résumé says otherwise, the worker that
+        // takes it counts as skilled at it, as much as the best one, so the
+        // next requests go to it when it is free without waiting again. (A
+        // new class goes by rendezvous rank until a résumé names it.)
+        if skilled {
+            let score = self.best_score(class);
+            self.worker(w)
+                .resume
+                .entry(class.to_string())
+                .or_insert(score);
+        }
         Some(self.take(w))
     }
 
     fn spill_after(&self, class: &str) -> Option<Duration> {
-        let best = self
-            .workers
-            .values()
-            .filter(|w| w.in_pool)
-            .filter_map(|w| w.resume.get(class).copied())
-            .fold(0.0_f64, f64::max);
+        let best = self.best_score(class);
         if best <= 0.0 {
             return None;
         }
@@ -301,6 +316,9 @@ mod tests {
         assert_eq!(p.get("a"), Some(w(1)));
         assert_eq!(p.get_waited("a", Duration::from_millis(49)), None);
         assert_eq!(p.get_waited("a", Duration::from_millis(50)), Some(w(2)));
+        // Worker 2 now counts as skilled at "a": the next request goes to
+        // it at once while worker 1 is busy.
+        assert_eq!(p.get("a"), Some(w(2)));
         // A slow class (0.1/s, 10 s each) waits at most 2 s.
         let p = pool(&[(1, 1, &[("slow", 0.1)])]);
         assert_eq!(p.spill_after("slow"), Some(MAX_SPILL));
