@@ -232,10 +232,16 @@ pub fn spawn(bin: &std::path::Path, args: &[&str], ready: &str) -> io::Result<Sp
         .ok_or_else(|| io::Error::other("no stderr"))?;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ready = ready.to_string();
+    // RLB_CHILD_LOG=1 passes the children's log lines on (debugging).
+    let echo = std::env::var_os("RLB_CHILD_LOG").is_some();
+    let name = bin.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in io::BufReader::new(err).lines() {
             let Ok(line) = line else { break };
+            if echo {
+                eprintln!("[{name}] {line}");
+            }
             if !sent {
                 if let Some(rest) = line.split(&ready).nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();

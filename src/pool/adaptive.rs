@@ -33,6 +33,8 @@ struct Worker {
     capacity: usize,
     in_flight: usize,
     resume: Resume,
+    /// Classes in `resume` given by this pool, not by the worker's résumé.
+    placeholders: std::collections::HashSet<String>,
     in_pool: bool,
     /// Removed with requests in flight: forgotten when they are put back.
     removed: bool,
@@ -80,6 +82,7 @@ impl AdaptivePool {
             capacity: 1,
             in_flight: 0,
             resume: Resume::new(),
+            placeholders: Default::default(),
             in_pool: false,
             removed: false,
         })
@@ -139,6 +142,7 @@ impl Pool for AdaptivePool {
     fn new_resume(&mut self, w: WorkerId, resume: Resume) {
         let e = self.worker(w);
         e.resume = resume;
+        e.placeholders.clear();
         e.in_pool = true;
         e.removed = false;
     }
@@ -178,16 +182,19 @@ impl Pool for AdaptivePool {
             return None;
         }
         let w = self.first_free_by_rank(class)?;
-        // A spilled class: until its résumé says otherwise, the worker that
-        // takes it counts as skilled at it, as much as the best one, so the
-        // next requests go to it when it is free without waiting again. (A
-        // new class goes by rendezvous rank until a résumé names it.)
-        if skilled {
-            let score = self.best_score(class);
-            self.worker(w)
-                .resume
-                .entry(class.to_string())
-                .or_insert(score);
+        // Until its résumé says otherwise, the worker that takes the class
+        // counts as skilled at it: as much as the best one (a spilled
+        // class), or `unskilled_score` (a new one), so that the next
+        // requests of the class go to it when it is free.
+        let score = if skilled {
+            self.best_score(class)
+        } else {
+            self.settings.unskilled_score
+        };
+        let e = self.worker(w);
+        if score > 0.0 && !e.resume.contains_key(class) {
+            e.resume.insert(class.to_string(), score);
+            e.placeholders.insert(class.to_string());
         }
         Some(self.take(w))
     }
@@ -197,6 +204,17 @@ impl Pool for AdaptivePool {
         if best <= 0.0 {
             return None;
         }
+        let measured = self
+            .workers
+            .values()
+            .filter(|w| w.in_pool && !w.placeholders.contains(class))
+            .filter_map(|w| w.resume.get(class).copied())
+            .fold(0.0_f64, f64::max);
+        if measured <= 0.0 {
+            // Only placeholder scores: the service time is not known yet.
+            return Some(MIN_SPILL);
+        }
+        let best = measured;
         let service = Duration::from_secs_f64((SPILL_SERVICE_TIMES / best).min(1e6));
         Some(service.clamp(MIN_SPILL, MAX_SPILL))
     }
@@ -356,12 +374,14 @@ mod tests {
     }
 
     #[test]
-    fn a_new_class_goes_to_the_next_ranked_free_worker_when_the_first_is_full() {
+    fn a_new_class_sticks_to_its_first_worker_then_spills_to_the_next_ranked() {
         let mut p = pool(&[(1, 1, &[]), (2, 1, &[])]);
         let first = p.get("x").unwrap();
-        let second = p.get("x").unwrap();
+        assert_eq!(p.get("x"), None, "its worker is busy: wait");
+        assert_eq!(p.spill_after("x"), Some(MIN_SPILL), "service time not known yet");
+        let second = p.get_waited("x", MIN_SPILL).unwrap();
         assert_ne!(first, second);
-        assert_eq!(p.get("x"), None, "all full");
+        assert_eq!(p.get_waited("x", MIN_SPILL), None, "all full");
     }
 
     #[test]
