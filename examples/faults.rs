@@ -95,7 +95,16 @@ fn row(fault: &str, pool: &str, phase: &str, r: &LoadResult) {
 fn worker(bins: &Path, app: &str) -> std::io::Result<Spawned> {
     spawn(
         &bins.join("resumelb-worker"),
-        &["-a", "127.0.0.1:0", "--app", app, "--threads", "4", "--demo-miss-ms", "0"],
+        &[
+            "-a",
+            "127.0.0.1:0",
+            "--app",
+            app,
+            "--threads",
+            "4",
+            "--demo-miss-ms",
+            "0",
+        ],
         "worker listening on ",
     )
 }
@@ -137,9 +146,19 @@ fn main() -> std::io::Result<()> {
             .collect::<std::io::Result<_>>()?;
         let front = lb(&bins, pool, &workers)?;
         load(front.addr, 2, "/echo")?;
-        row("app down", pool, "before", &load(front.addr, secs, "/echo")?);
+        row(
+            "app down",
+            pool,
+            "before",
+            &load(front.addr, secs, "/echo")?,
+        );
         drop(apps.remove(0));
-        row("app down", pool, "just after", &load(front.addr, secs, "/echo")?);
+        row(
+            "app down",
+            pool,
+            "just after",
+            &load(front.addr, secs, "/echo")?,
+        );
         row("app down", pool, "later", &load(front.addr, secs, "/echo")?);
         drop(front);
         drop(workers);
@@ -155,11 +174,21 @@ fn main() -> std::io::Result<()> {
             .collect::<std::io::Result<_>>()?;
         let front = lb(&bins, pool, &workers)?;
         load(front.addr, 2, "/echo")?;
-        row("slow app", pool, "before", &load(front.addr, secs, "/echo")?);
+        row(
+            "slow app",
+            pool,
+            "before",
+            &load(front.addr, secs, "/echo")?,
+        );
         let port = apps[0].port;
         drop(apps.remove(0));
         apps.push(start_app(port, 200)?);
-        row("slow app", pool, "just after", &load(front.addr, secs, "/echo")?);
+        row(
+            "slow app",
+            pool,
+            "just after",
+            &load(front.addr, secs, "/echo")?,
+        );
         row("slow app", pool, "later", &load(front.addr, secs, "/echo")?);
         drop(front);
         drop(workers);
@@ -171,9 +200,19 @@ fn main() -> std::io::Result<()> {
             .collect::<std::io::Result<_>>()?;
         let front = lb(&bins, pool, &workers)?;
         load(front.addr, 2, "/1")?;
-        row("hung worker", pool, "before", &load(front.addr, secs, "/1")?);
+        row(
+            "hung worker",
+            pool,
+            "before",
+            &load(front.addr, secs, "/1")?,
+        );
         signal(&workers[0].child, "STOP");
-        row("hung worker", pool, "just after", &load(front.addr, secs, "/1")?);
+        row(
+            "hung worker",
+            pool,
+            "just after",
+            &load(front.addr, secs, "/1")?,
+        );
         row("hung worker", pool, "later", &load(front.addr, secs, "/1")?);
         signal(&workers[0].child, "CONT");
         drop(front);

@@ -234,7 +234,10 @@ pub fn spawn(bin: &std::path::Path, args: &[&str], ready: &str) -> io::Result<Sp
     let ready = ready.to_string();
     // RLB_CHILD_LOG=1 passes the children's log lines on (debugging).
     let echo = std::env::var_os("RLB_CHILD_LOG").is_some();
-    let name = bin.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = bin
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in io::BufReader::new(err).lines() {

@@ -158,7 +158,12 @@ impl Loop {
             None => {
                 if self.clients.dispatching(client).is_some() {
                     self.clients.wait(client);
-                    self.arm_spill();
+                    if let Some(spill) = self.ctx.balancer.spill_after(&class) {
+                        let at = Instant::now() + spill;
+                        self.ctx
+                            .deadlines
+                            .arm(&mut self.spill_armed, at, Due::ServeWaiting);
+                    }
                 }
             }
         }
@@ -182,40 +187,37 @@ impl Loop {
     /// Requests waiting for a worker get one, class by class (the class
     /// waiting longest first), as far as the pool has one for each: first
     /// workers skilled at their class, then, for requests that have waited
-    /// past their class's spill time, any free worker.
+    /// past their class's spill time, any free worker. Then the next spill
+    /// time is armed.
     fn serve_waiting(&mut self) {
         let now = Instant::now();
-        for spill in [false, true] {
-            for (class, _) in self.clients.waiting_classes() {
-                while let Some((client, since)) = self.clients.next_waiting(&class) {
+        let classes = self.clients.waiting_classes();
+        'passes: for spill in [false, true] {
+            for (class, _) in &classes {
+                if !self.ctx.balancer.has_free() {
+                    break 'passes;
+                }
+                while let Some((client, since)) = self.clients.next_waiting(class) {
                     let waited = if spill {
                         now.saturating_duration_since(since)
                     } else {
                         Duration::ZERO
                     };
-                    let Some(worker) = self.workers.pick_waited(&class, waited, &mut self.ctx)
+                    let Some(worker) = self.workers.pick_waited(class, waited, &mut self.ctx)
                     else {
                         break;
                     };
-                    self.clients.pop_waiting(&class);
+                    self.clients.pop_waiting(class);
                     self.send(client, worker);
                 }
             }
         }
-        self.arm_spill();
-    }
-
-    /// A pool that holds requests back while their skilled workers are busy
-    /// lets them go to any free worker after a while: wake up then. (A
-    /// request past its time that found no free worker waits for a slot to
-    /// free: arming a time already gone would spin.)
-    fn arm_spill(&mut self) {
-        let now = Instant::now();
-        let next = self
-            .clients
-            .waiting_classes()
-            .into_iter()
-            .filter_map(|(class, since)| Some(since + self.ctx.balancer.spill_after(&class)?))
+        // A request past its time that found no free worker waits for a
+        // slot to free: arming a time already gone would spin. (Heads served
+        // just now may make this earlier than needed: a harmless wake.)
+        let next = classes
+            .iter()
+            .filter_map(|(class, since)| Some(*since + self.ctx.balancer.spill_after(class)?))
             .filter(|&at| at > now)
             .min();
         if let Some(at) = next {

@@ -219,6 +219,10 @@ impl Pool for AdaptivePool {
         Some(service.clamp(MIN_SPILL, MAX_SPILL))
     }
 
+    fn has_free(&self) -> bool {
+        self.workers.values().any(Worker::free)
+    }
+
     fn describe(&mut self, w: WorkerId, name: &str, capacity: usize) {
         let e = self.worker(w);
         e.name = name.to_string();
@@ -378,7 +382,11 @@ mod tests {
         let mut p = pool(&[(1, 1, &[]), (2, 1, &[])]);
         let first = p.get("x").unwrap();
         assert_eq!(p.get("x"), None, "its worker is busy: wait");
-        assert_eq!(p.spill_after("x"), Some(MIN_SPILL), "service time not known yet");
+        assert_eq!(
+            p.spill_after("x"),
+            Some(MIN_SPILL),
+            "service time not known yet"
+        );
         let second = p.get_waited("x", MIN_SPILL).unwrap();
         assert_ne!(first, second);
         assert_eq!(p.get_waited("x", MIN_SPILL), None, "all full");

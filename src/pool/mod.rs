@@ -90,6 +90,12 @@ pub trait Pool: Send + fmt::Debug {
     }
     /// What the worker said in its hello: its name (address) and capacity.
     fn describe(&mut self, _w: WorkerId, _name: &str, _capacity: usize) {}
+    /// Whether some worker could take a request now (a pool that bounds
+    /// them says false when all are full, and waiting requests need not
+    /// be looked at).
+    fn has_free(&self) -> bool {
+        true
+    }
     /// The worker's part of a request chosen by `get` is over.
     fn put(&mut self, w: WorkerId);
     fn update_settings(&mut self, settings: &Settings);

@@ -166,6 +166,11 @@ impl Balancer {
         self.pool.spill_after(class)
     }
 
+    /// Whether some worker could take a request now.
+    pub fn has_free(&self) -> bool {
+        self.pool.has_free()
+    }
+
     /// A worker's name and capacity, from its hello.
     pub fn describe(&mut self, w: WorkerId, name: &str, capacity: usize) {
         self.pool.describe(w, name, capacity);

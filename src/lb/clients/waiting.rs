@@ -4,6 +4,7 @@
 //! class whose workers are all busy holds up no other.
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::super::ctx::Ctx;
@@ -12,7 +13,7 @@ use super::{Client, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
 /// A queue of request keys per class. Keys of requests that stopped
 /// waiting (answered, their client gone) are dropped as they come up.
 #[derive(Default)]
-pub(super) struct Queues(HashMap<String, VecDeque<ClientKey>>);
+pub(super) struct Queues(HashMap<Rc<str>, VecDeque<ClientKey>>);
 
 /// Since when the request of `key` waits, if it does.
 fn since(map: &slotmap::SlotMap<ClientKey, Client>, key: ClientKey) -> Option<Instant> {
@@ -35,14 +36,18 @@ impl Clients {
     pub(in crate::lb) fn wait(&mut self, key: ClientKey) {
         if let Some(r) = self.map.get_mut(key).and_then(|c| c.req.as_mut()) {
             r.ex.wait(Instant::now());
-            let queue = self.waiting.0.entry(r.class.clone()).or_default();
+            let queue = self
+                .waiting
+                .0
+                .entry(Rc::from(r.class.as_str()))
+                .or_default();
             queue.push_back(key);
         }
     }
 
     /// The classes with requests waiting, with when their oldest began to
     /// wait, oldest first.
-    pub(in crate::lb) fn waiting_classes(&mut self) -> Vec<(String, Instant)> {
+    pub(in crate::lb) fn waiting_classes(&mut self) -> Vec<(Rc<str>, Instant)> {
         let map = &self.map;
         let mut out = Vec::new();
         self.waiting.0.retain(|class, queue| {
