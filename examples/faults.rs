@@ -116,6 +116,20 @@ fn lb(bins: &Path, pool: &str, workers: &[Spawned]) -> std::io::Result<Spawned> 
     spawn(&bins.join("resumelb"), &args, "listening on ")
 }
 
+/// Applications (5 ms a request), an `upstream` worker in front of each,
+/// and an LB with `pool` in front of the workers.
+fn upstream_front(bins: &Path, pool: &str) -> std::io::Result<(Vec<App>, Vec<Spawned>, Spawned)> {
+    let apps: Vec<App> = (0..WORKERS)
+        .map(|_| start_app(0, 5))
+        .collect::<std::io::Result<_>>()?;
+    let workers: Vec<Spawned> = apps
+        .iter()
+        .map(|a| worker(bins, &format!("upstream:127.0.0.1:{}", a.port)))
+        .collect::<std::io::Result<_>>()?;
+    let front = lb(bins, pool, &workers)?;
+    Ok((apps, workers, front))
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill")
         .args([format!("-{sig}"), child.id().to_string()])
@@ -137,14 +151,7 @@ fn main() -> std::io::Result<()> {
     );
     for pool in POOLS {
         // The application behind one worker dies.
-        let mut apps: Vec<App> = (0..WORKERS)
-            .map(|_| start_app(0, 5))
-            .collect::<std::io::Result<_>>()?;
-        let workers: Vec<Spawned> = apps
-            .iter()
-            .map(|a| worker(&bins, &format!("upstream:127.0.0.1:{}", a.port)))
-            .collect::<std::io::Result<_>>()?;
-        let front = lb(&bins, pool, &workers)?;
+        let (mut apps, workers, front) = upstream_front(&bins, pool)?;
         load(front.addr, 2, "/echo")?;
         row(
             "app down",
@@ -160,19 +167,10 @@ fn main() -> std::io::Result<()> {
             &load(front.addr, secs, "/echo")?,
         );
         row("app down", pool, "later", &load(front.addr, secs, "/echo")?);
-        drop(front);
-        drop(workers);
-        drop(apps);
+        drop((front, workers, apps));
 
         // One application becomes 40 times slower.
-        let mut apps: Vec<App> = (0..WORKERS)
-            .map(|_| start_app(0, 5))
-            .collect::<std::io::Result<_>>()?;
-        let workers: Vec<Spawned> = apps
-            .iter()
-            .map(|a| worker(&bins, &format!("upstream:127.0.0.1:{}", a.port)))
-            .collect::<std::io::Result<_>>()?;
-        let front = lb(&bins, pool, &workers)?;
+        let (mut apps, workers, front) = upstream_front(&bins, pool)?;
         load(front.addr, 2, "/echo")?;
         row(
             "slow app",
@@ -190,9 +188,7 @@ fn main() -> std::io::Result<()> {
             &load(front.addr, secs, "/echo")?,
         );
         row("slow app", pool, "later", &load(front.addr, secs, "/echo")?);
-        drop(front);
-        drop(workers);
-        drop(apps);
+        drop((front, workers, apps));
 
         // One worker hangs (SIGSTOP), then goes on.
         let workers: Vec<Spawned> = (0..WORKERS)
