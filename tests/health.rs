@@ -222,7 +222,7 @@ fn adaptive_pool_moves_a_slow_workers_classes_to_the_others() {
     });
     let (slow_n, fast_n) = (served(&slow_trace) - s0, served(&fast_trace) - f0);
     assert!(
-        fast_n >= 4 * slow_n,
+        fast_n >= 3 * slow_n,
         "the fast worker served {fast_n} of 80, the slow one {slow_n}"
     );
 }
@@ -259,14 +259,15 @@ fn adaptive_pool_a_hung_worker_holds_no_more_than_its_threads() {
         pool_workers(&sock).len() == 2
     });
     hung.proc.signal("STOP");
-    // 30 requests over 6 classes from 6 clients: at most 2 stick at the
-    // stopped worker, the rest are served.
+    // 30 requests over 16 classes from 6 clients (the stopped worker ranks
+    // first for some of them, but for none only with odds of 1 in 65,536):
+    // at most 2 stick at it, the rest are served.
     let addr = lb.addr;
     let clients: Vec<_> = (0..6)
         .map(|c| {
             std::thread::spawn(move || {
                 (0..5)
-                    .map(|i| get(addr, &format!("h{}", (c + i) % 6), "/1").status)
+                    .map(|i| get(addr, &format!("h{}", (c * 5 + i) % 16), "/1").status)
                     .collect::<Vec<u16>>()
             })
         })
