@@ -120,7 +120,7 @@ pub(super) struct Clients {
     map: SlotMap<ClientKey, Client>,
     by_spill_id: HashMap<u64, ClientKey>,
     /// Requests waiting for a worker.
-    waiting: waiting::Queues,
+    waiting: waiting::Queues<ClientKey>,
 }
 
 impl Clients {
