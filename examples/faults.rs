@@ -130,6 +130,23 @@ fn upstream_front(bins: &Path, pool: &str) -> std::io::Result<(Vec<App>, Vec<Spa
     Ok((apps, workers, front))
 }
 
+/// A warm-up, the phase before the fault, the fault, and two phases after.
+fn phases(
+    fault: &str,
+    pool: &str,
+    lb: SocketAddr,
+    path: &'static str,
+    secs: u64,
+    cause: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    load(lb, 2, path)?;
+    row(fault, pool, "before", &load(lb, secs, path)?);
+    cause()?;
+    row(fault, pool, "just after", &load(lb, secs, path)?);
+    row(fault, pool, "later", &load(lb, secs, path)?);
+    Ok(())
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill")
         .args([format!("-{sig}"), child.id().to_string()])
@@ -152,42 +169,20 @@ fn main() -> std::io::Result<()> {
     for pool in POOLS {
         // The application behind one worker dies.
         let (mut apps, workers, front) = upstream_front(&bins, pool)?;
-        load(front.addr, 2, "/echo")?;
-        row(
-            "app down",
-            pool,
-            "before",
-            &load(front.addr, secs, "/echo")?,
-        );
-        drop(apps.remove(0));
-        row(
-            "app down",
-            pool,
-            "just after",
-            &load(front.addr, secs, "/echo")?,
-        );
-        row("app down", pool, "later", &load(front.addr, secs, "/echo")?);
+        phases("app down", pool, front.addr, "/echo", secs, || {
+            drop(apps.remove(0));
+            Ok(())
+        })?;
         drop((front, workers, apps));
 
         // One application becomes 40 times slower.
         let (mut apps, workers, front) = upstream_front(&bins, pool)?;
-        load(front.addr, 2, "/echo")?;
-        row(
-            "slow app",
-            pool,
-            "before",
-            &load(front.addr, secs, "/echo")?,
-        );
-        let port = apps[0].port;
-        drop(apps.remove(0));
-        apps.push(start_app(port, 200)?);
-        row(
-            "slow app",
-            pool,
-            "just after",
-            &load(front.addr, secs, "/echo")?,
-        );
-        row("slow app", pool, "later", &load(front.addr, secs, "/echo")?);
+        phases("slow app", pool, front.addr, "/echo", secs, || {
+            let port = apps[0].port;
+            drop(apps.remove(0));
+            apps.push(start_app(port, 200)?);
+            Ok(())
+        })?;
         drop((front, workers, apps));
 
         // One worker hangs (SIGSTOP), then goes on.
@@ -195,24 +190,12 @@ fn main() -> std::io::Result<()> {
             .map(|_| worker(&bins, "demo"))
             .collect::<std::io::Result<_>>()?;
         let front = lb(&bins, pool, &workers)?;
-        load(front.addr, 2, "/1")?;
-        row(
-            "hung worker",
-            pool,
-            "before",
-            &load(front.addr, secs, "/1")?,
-        );
-        signal(&workers[0].child, "STOP");
-        row(
-            "hung worker",
-            pool,
-            "just after",
-            &load(front.addr, secs, "/1")?,
-        );
-        row("hung worker", pool, "later", &load(front.addr, secs, "/1")?);
+        phases("hung worker", pool, front.addr, "/1", secs, || {
+            signal(&workers[0].child, "STOP");
+            Ok(())
+        })?;
         signal(&workers[0].child, "CONT");
-        drop(front);
-        drop(workers);
+        drop((front, workers));
     }
     Ok(())
 }
