@@ -85,18 +85,21 @@ faults: deps
 	./target/release/examples/faults
 
 ## Figures: LB overhead against a direct upstream, then the pool.
+## BENCH_BASELINE=<rev> measures that revision's binaries first, then ours.
 bench:
 	$(CARGO) build --release --bins --examples
-	./target/release/examples/bench
+	$(if $(BENCH_BASELINE),scripts/bench-baseline $(BENCH_BASELINE) bench,./target/release/examples/bench)
 	$(CARGO) bench --bench pool
 
 ## resumelb beside HAProxy and nginx (W1 cache workload, W2 overhead):
 ## tables, ratios, SVG charts in target/bench-compare. BENCH_QUICK=1 for a
 ## short run, BENCH_ONLY=W1a,haproxy,... for a subset, BENCH_SECONDS and
-## BENCH_WARMUP per variant. Exits 1 if a peer could not run.
+## BENCH_WARMUP per variant, BENCH_BASELINE=<rev> to run that revision's
+## binaries first (tables in target/bench-compare-baseline). Exits 1 if a
+## peer could not run.
 bench-compare: bench-peers
 	$(CARGO) build --release --bins --examples
-	./target/release/examples/bench-compare
+	$(if $(BENCH_BASELINE),scripts/bench-baseline $(BENCH_BASELINE) bench-compare,./target/release/examples/bench-compare)
 
 ## HAProxy and nginx from Debian's packages, when missing (a failure is
 ## reported by bench-compare as SKIPPED rows).

@@ -268,8 +268,13 @@ pub fn spawn(bin: &std::path::Path, args: &[&str], ready: &str) -> io::Result<Sp
     Ok(s)
 }
 
-/// The directory of our binaries, next to a running example or bench.
+/// The directory of our binaries, next to a running example or bench, or
+/// `RLB_BIN_DIR` when set (`BENCH_BASELINE` runs an older build so).
 pub fn bin_dir() -> std::path::PathBuf {
+    // Another build's binaries (an older revision's, to compare with).
+    if let Some(dir) = std::env::var_os("RLB_BIN_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     if dir.ends_with("examples") || dir.ends_with("deps") {
