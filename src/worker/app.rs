@@ -5,6 +5,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::sink::Sink;
 use crate::proto::Environ;
 use crate::tracelog::Trace;
 use crate::util::spill::BodyReader;
@@ -15,6 +16,15 @@ pub type AppError = Box<dyn std::error::Error + Send + Sync>;
 /// An application run by the worker's app threads, one request per call.
 pub trait App: Send + Sync + 'static {
     fn call(&self, request: Request) -> Result<Response, AppError>;
+
+    /// Serve one request into `sink`. The default sends what
+    /// [`App::call`] returns. An application that produces its response
+    /// as it goes (the head first, then body chunks as they come) writes
+    /// them to the sink itself and calls [`Sink::end`]; a sink dropped
+    /// without `end` answers `500`, or aborts a response already started.
+    fn serve(&self, request: Request, sink: Sink) -> Result<(), AppError> {
+        sink.respond(self.call(request)?)
+    }
 
     /// Whether the application can serve now. An app that depends on
     /// something that can be down (a server it forwards to) says false

@@ -13,6 +13,7 @@ pub mod demo;
 mod health;
 mod io;
 mod shared;
+mod sink;
 mod threads;
 mod timer;
 pub mod upstream;
@@ -28,6 +29,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 pub use crate::tracelog::Trace;
 pub use crate::util::spill::BodyReader;
 pub use app::{App, AppError, Body, Request, Response};
+pub use sink::Sink;
 
 use crate::net::{Bound, Control};
 use crate::proto::auth::Secret;
