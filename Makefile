@@ -3,6 +3,13 @@
 
 CARGO ?= cargo
 PYTHON ?= python3
+# The Python the worker embeds for WSGI applications (cargo feature wsgi):
+# Debian's, whose libpython python3-dev provides, not whatever python3 is
+# first on PATH. scripts/cargo-features turns the feature on when its
+# headers and libpython are there.
+PYO3_PYTHON ?= /usr/bin/python3
+export PYO3_PYTHON
+FEATURES = $$(scripts/cargo-features)
 VENV ?= .venv
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -17,7 +24,7 @@ MAN7 = resumelb-protocol.7
 all: build
 
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release $(FEATURES)
 
 ## Binaries to $(PREFIX)/bin, man pages to $(PREFIX)/share/man/man1 and man7.
 install: build
@@ -39,33 +46,37 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets $(FEATURES) -- -D warnings
 
 ## The tests run with a ZooKeeper server of their own (scripts/with-zookeeper
 ## installs Debian's zookeeper when missing, starts it, stops it afterwards).
 unit:
-	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python scripts/with-zookeeper $(CARGO) test
+	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python scripts/with-zookeeper $(CARGO) test $(FEATURES)
 
 man-lint:
 	mandoc -Tlint -W warning man/*.1 man/*.7
 
 ## Test dependencies: waitress (the WSGI server behind the upstream app
-## tests) and zdaemon (supervision tests) in a virtualenv, and mandoc for
-## the man page lint.
+## tests), zdaemon (supervision tests) and PasteDeploy (WSGI app tests) in
+## a virtualenv; mandoc for the man page lint; python3-dev for the WSGI
+## app (Debian's, for $(PYO3_PYTHON)).
 deps: $(VENV)/.installed
 	@command -v mandoc >/dev/null || { \
 	  echo "installing mandoc"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc; }
+	@[ -n "$(FEATURES)" ] || { \
+	  echo "installing python3-dev (the WSGI app embeds $(PYO3_PYTHON))"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev; }
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q waitress zdaemon
+	$(VENV)/bin/pip install -q waitress zdaemon PasteDeploy
 	touch $@
 
 ## Four demo workers and an LB on loopback, a classed workload with the
 ## résumé pool and then the classless pool; one table (DEMO_SECONDS=20).
 demo:
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --release --bins --examples $(FEATURES)
 	./target/release/examples/demo
 
 ## Fuzz every target to FUZZ_RUNS executions (default 10 million) or
@@ -75,19 +86,19 @@ fuzz:
 
 ## The chaos soak: workers killed under load (SOAK_SECONDS=120).
 soak:
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --release --bins --examples $(FEATURES)
 	./target/release/examples/soak
 
 ## Faults: an application down, a slow one, a hung worker, with each pool
 ## (FAULT_SECONDS per phase, default 4).
 faults: deps
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --release --bins --examples $(FEATURES)
 	./target/release/examples/faults
 
 ## Figures: LB overhead against a direct upstream, then the pool.
 ## BENCH_BASELINE=<rev> measures that revision's binaries first, then ours.
 bench:
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --release --bins --examples $(FEATURES)
 	$(if $(BENCH_BASELINE),scripts/bench-baseline $(BENCH_BASELINE) bench,./target/release/examples/bench)
 	$(CARGO) bench --bench pool
 
@@ -98,7 +109,7 @@ bench:
 ## binaries first (tables in target/bench-compare-baseline). Exits 1 if a
 ## peer could not run.
 bench-compare: bench-peers
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --release --bins --examples $(FEATURES)
 	$(if $(BENCH_BASELINE),scripts/bench-baseline $(BENCH_BASELINE) bench-compare,./target/release/examples/bench-compare)
 
 ## HAProxy and nginx from Debian's packages, when missing (a failure is

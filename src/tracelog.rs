@@ -35,7 +35,7 @@ impl TraceLog {
     }
 
     /// Write one record.
-    pub fn record(&self, code: char, id: impl Display, message: impl Display) {
+    pub fn record(&self, code: impl Display, id: impl Display, message: impl Display) {
         if !self.is_enabled() {
             return;
         }
@@ -77,7 +77,7 @@ impl Trace {
     }
 
     /// Add a record for this request.
-    pub fn record(&self, code: char, message: impl Display) {
+    pub fn record(&self, code: impl Display, message: impl Display) {
         self.log.record(code, &self.id, message);
     }
 }

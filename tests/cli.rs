@@ -378,3 +378,40 @@ fn log_levels_out_of_range_are_refused() {
         "{out}"
     );
 }
+
+/// `--help` says whether WSGI applications are built in; a worker without
+/// them refuses `--app wsgi:` and `--app paste:` at start-up, exit 2.
+#[test]
+fn the_worker_says_whether_it_hosts_wsgi_apps() {
+    let worker = env!("CARGO_BIN_EXE_resumelb-worker");
+    let (code, help, _) = run(worker, &["--help"]);
+    assert_eq!(code, Some(0));
+    let built_in = cfg!(feature = "wsgi");
+    let said = if built_in {
+        "(built in)"
+    } else {
+        "(not built in: this build has no Python)"
+    };
+    assert!(
+        help.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(said),
+        "{help}"
+    );
+    for bad in ["wsgi:", "wsgi:a b", "paste:"] {
+        let (code, _, err) = run(worker, &["-a", "127.0.0.1:0", "--app", bad]);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("bad ") || err.contains("unknown app"),
+            "{bad}: {err}"
+        );
+    }
+    if !built_in {
+        for app in ["wsgi:myapp", "paste:site.ini"] {
+            let (code, _, err) = run(worker, &["-a", "127.0.0.1:0", "--app", app]);
+            assert_eq!(code, Some(2), "{err}");
+            assert!(err.contains("built without WSGI support"), "{err}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ use crate::util::allow::AllowList;
 use crate::util::signals::{forward, SignalEvent};
 use crate::worker::demo::{DemoApp, DemoConfig};
 use crate::worker::upstream::UpstreamApp;
+use crate::worker::wsgi::{self, WsgiSpec};
 use crate::worker::{resolve, App, Worker, WorkerConfig};
 use crate::zk::{registration_addresses, Agent, AgentSpec, Update};
 
@@ -20,13 +21,15 @@ use crate::zk::{registration_addresses, Agent, AgentSpec, Update};
 pub const ZK_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const NAME: &str = "resumelb-worker";
-const SYNOPSIS: &str = "-a HOST:PORT --app demo|upstream:HOST:PORT [options]\n       resumelb-worker -a HOST:PORT --app APP --zookeeper CONN --path PATH [options]";
+const SYNOPSIS: &str = "-a HOST:PORT --app demo|upstream:HOST:PORT|wsgi:MODULE[:CALLABLE]|paste:FILE.ini[#NAME] [options]\n       resumelb-worker -a HOST:PORT --app APP --zookeeper CONN --path PATH [options]";
 
 /// Which application to run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AppSpec {
     Demo,
     Upstream(String),
+    /// `wsgi:MODULE[:CALLABLE]` or `paste:FILE.ini[#NAME]`.
+    Wsgi(WsgiSpec),
 }
 
 impl std::str::FromStr for AppSpec {
@@ -35,6 +38,12 @@ impl std::str::FromStr for AppSpec {
         let s = s.trim();
         if s == "demo" {
             return Ok(AppSpec::Demo);
+        }
+        if let Some(m) = s.strip_prefix("wsgi:") {
+            return WsgiSpec::module(m).map(AppSpec::Wsgi);
+        }
+        if let Some(f) = s.strip_prefix("paste:") {
+            return WsgiSpec::paste(f).map(AppSpec::Wsgi);
         }
         for sep in [':', ' ', '='] {
             if let Some(addr) = s.strip_prefix("upstream").and_then(|r| r.strip_prefix(sep)) {
@@ -46,7 +55,7 @@ impl std::str::FromStr for AppSpec {
             }
         }
         Err(format!(
-            "unknown app {s:?} (expected \"demo\" or \"upstream:HOST:PORT\")"
+            "unknown app {s:?} (expected demo, upstream:HOST:PORT, wsgi:MODULE[:CALLABLE] or paste:FILE.ini[#NAME])"
         ))
     }
 }
@@ -62,7 +71,14 @@ pub fn options() -> Options {
     o.optopt(
         "",
         "app",
-        "the application: demo, or upstream:HOST:PORT to forward to an HTTP server (required)",
+        &format!(
+            "the application (required): demo; upstream:HOST:PORT to forward to an HTTP server; wsgi:MODULE[:CALLABLE] or paste:FILE.ini[#NAME] for a WSGI application run in the worker ({})",
+            if wsgi::BUILT_IN {
+                "built in"
+            } else {
+                "not built in: this build has no Python"
+            }
+        ),
         "APP",
     );
     o.optopt("", "threads", "app threads (default 1)", "N");
@@ -114,6 +130,12 @@ pub fn options() -> Options {
         "upstream app: seconds to connect, and for each read and write (default 99)",
         "SECONDS",
     );
+    o.optmulti(
+        "",
+        "python-path",
+        "WSGI app: a directory put first on sys.path (repeatable)",
+        "DIR",
+    );
     o.optopt(
         "",
         "shutdown-timeout",
@@ -157,6 +179,8 @@ pub struct WorkerArgs {
     pub config: WorkerConfig,
     pub demo: DemoConfig,
     pub upstream_timeout: Duration,
+    /// `--python-path`, in order.
+    pub python_path: Vec<PathBuf>,
     pub tracelog: Option<String>,
     pub zookeeper: Option<ZkArgs>,
 }
@@ -202,7 +226,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<WorkerArgs>, CliError> {
         .opt_str("app")
         .ok_or_else(|| {
             CliError::Usage(
-                "an application is required: --app demo or --app upstream:HOST:PORT".into(),
+                "an application is required: --app demo, upstream:HOST:PORT, wsgi:MODULE[:CALLABLE] or paste:FILE.ini[#NAME]".into(),
             )
         })?
         .parse()
@@ -268,6 +292,11 @@ pub fn parse_args(args: &[String]) -> Result<Option<WorkerArgs>, CliError> {
         config,
         demo,
         upstream_timeout: seconds(&m, "upstream-timeout", 99.0)?,
+        python_path: m
+            .opt_strs("python-path")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
         tracelog: m.opt_str("tracelog"),
         zookeeper,
     }))
@@ -284,6 +313,12 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
         a.config.tracelog = TraceLog::open(t)
             .map_err(|e| CliError::Failed(format!("cannot open trace log {t}: {e}")))?;
     }
+    // A WSGI application is loaded before anything listens: one that
+    // cannot be imported stops the worker here.
+    let wsgi = match &a.app {
+        AppSpec::Wsgi(spec) => Some(load_wsgi(spec, &a.python_path)?),
+        _ => None,
+    };
     if a.zookeeper.is_some() {
         // Signals go through the ZooKeeper agent (deregister first).
         a.config.handle_signals = false;
@@ -301,12 +336,30 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
                 .map_err(|e| CliError::Usage(format!("bad upstream address {addr:?}: {e}")))?;
             Arc::new(UpstreamApp::new(sa, a.upstream_timeout))
         }
+        AppSpec::Wsgi(_) => wsgi.ok_or_else(|| CliError::Failed("no WSGI application".into()))?,
     };
     let _agent = match &a.zookeeper {
         Some(z) => Some(start_zookeeper(z, &worker, &a.config)?),
         None => None,
     };
     worker.run(app).map_err(|e| CliError::Failed(e.to_string()))
+}
+
+#[cfg(feature = "wsgi")]
+fn load_wsgi(spec: &WsgiSpec, python_path: &[PathBuf]) -> Result<Arc<dyn App>, CliError> {
+    let app = wsgi::WsgiApp::load(spec, python_path).map_err(CliError::Config)?;
+    log::info!(
+        "WSGI application {spec} loaded (Python {})",
+        wsgi::WsgiApp::python_version()
+    );
+    Ok(Arc::new(app))
+}
+
+#[cfg(not(feature = "wsgi"))]
+fn load_wsgi(spec: &WsgiSpec, _python_path: &[PathBuf]) -> Result<Arc<dyn App>, CliError> {
+    Err(CliError::Config(format!(
+        "--app {spec}: this resumelb-worker was built without WSGI support (cargo feature wsgi, which needs Python's headers: make deps, then make)"
+    )))
 }
 
 /// The résumé file is written by a temporary file and a rename in its

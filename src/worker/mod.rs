@@ -18,6 +18,7 @@ mod threads;
 mod timer;
 pub mod upstream;
 pub mod validate;
+pub mod wsgi;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -25,7 +25,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(bin: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(bin)
+        Proc::start_env(bin, args, &[])
+    }
+
+    /// The same with environment variables set (an empty value removes one).
+    pub fn start_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin);
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -113,9 +126,18 @@ pub struct WorkerProc {
 /// Start `bin -a 127.0.0.1:0 EXTRA…` and read the address it logs after
 /// `needle`.
 fn start_listening(bin: &str, needle: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    start_listening_env(bin, needle, extra, &[])
+}
+
+fn start_listening_env(
+    bin: &str,
+    needle: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
     let mut args = vec!["-a", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let proc = Proc::start(bin, &args);
+    let proc = Proc::start_env(bin, &args, env);
     let line = proc.wait_for(needle, Duration::from_secs(10));
     let addr = line
         .split(needle)
@@ -127,7 +149,12 @@ fn start_listening(bin: &str, needle: &str, extra: &[&str]) -> (Proc, SocketAddr
 }
 
 pub fn start_worker(extra: &[&str]) -> WorkerProc {
-    let (proc, addr) = start_listening(WORKER, "worker listening on ", extra);
+    start_worker_env(extra, &[])
+}
+
+/// A worker with environment variables set (an empty value removes one).
+pub fn start_worker_env(extra: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+    let (proc, addr) = start_listening_env(WORKER, "worker listening on ", extra, env);
     WorkerProc { proc, addr }
 }
 
@@ -629,6 +656,17 @@ pub fn python() -> String {
         "no {venv}: run `make test` (it creates the virtualenv with waitress)"
     );
     venv.to_string()
+}
+
+/// The virtualenv of [`python()`] (it has waitress and PasteDeploy).
+pub fn virtualenv() -> String {
+    let python = std::path::PathBuf::from(python());
+    python
+        .parent()
+        .and_then(|bin| bin.parent())
+        .unwrap_or_else(|| panic!("{} is not in a virtualenv", python.display()))
+        .display()
+        .to_string()
 }
 
 /// tests/wsgi_app.py under waitress, killed on drop.
