@@ -108,7 +108,7 @@ bench:
 ## BENCH_WARMUP per variant, BENCH_BASELINE=<rev> to run that revision's
 ## binaries first (tables in target/bench-compare-baseline). Exits 1 if a
 ## peer could not run.
-bench-compare: bench-peers
+bench-compare: bench-peers $(VENV)/.installed
 	$(CARGO) build --release --bins --examples $(FEATURES)
 	$(if $(BENCH_BASELINE),scripts/bench-baseline $(BENCH_BASELINE) bench-compare,./target/release/examples/bench-compare)
 

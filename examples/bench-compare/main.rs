@@ -138,6 +138,42 @@ enum Variant {
     Peer(Balance),
     /// Straight at the backend (W2).
     Direct,
+    /// A trivial WSGI application (hello_wsgi.py) in three set-ups (W2).
+    Python(Py),
+}
+
+/// Where W2's WSGI application runs.
+#[derive(Clone, Copy)]
+enum Py {
+    /// In the worker (`--app wsgi:`).
+    InWorker,
+    /// Under waitress, the worker forwarding to it (`--app upstream:`).
+    Upstream,
+    /// Under waitress, the load straight at it.
+    Direct,
+}
+
+const HELLO_WSGI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bench-compare");
+
+/// The virtualenv's Python with waitress (`make deps`), or
+/// `RLB_BENCH_PYTHON`.
+fn bench_python() -> io::Result<std::path::PathBuf> {
+    let p = std::env::var_os("RLB_BENCH_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into());
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(io::Error::other(format!(
+            "no {} with waitress (make deps)",
+            p.display()
+        )))
+    }
+}
+
+fn start_waitress() -> io::Result<Spawned> {
+    let script = format!("{HELLO_WSGI}/hello_wsgi.py");
+    spawn(&bench_python()?, &[&script], "waitress listening on ")
 }
 
 impl Variant {
@@ -152,11 +188,24 @@ impl Variant {
             Variant::Peer(Balance::HaproxyPlain) => "haproxy proxy".into(),
             Variant::Peer(Balance::NginxPlain) => "nginx proxy".into(),
             Variant::Direct => "direct to the backend".into(),
+            Variant::Python(Py::InWorker) => "resumelb + worker --app wsgi:".into(),
+            Variant::Python(Py::Upstream) => "resumelb + worker --app upstream: -> waitress".into(),
+            Variant::Python(Py::Direct) => "waitress direct".into(),
         }
     }
 
     fn is_ours(&self) -> bool {
-        matches!(self, Variant::Resumelb { .. } | Variant::ResumelbDemo)
+        matches!(
+            self,
+            Variant::Resumelb { .. }
+                | Variant::ResumelbDemo
+                | Variant::Python(Py::InWorker | Py::Upstream)
+        )
+    }
+
+    /// Uses the Rust backend.
+    fn uses_backend(&self) -> bool {
+        !matches!(self, Variant::ResumelbDemo | Variant::Python(_))
     }
 }
 
@@ -183,7 +232,16 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 _peer: Some(peer),
             })
         }
-        Variant::Resumelb { .. } | Variant::ResumelbDemo => {
+        Variant::Python(Py::Direct) => {
+            let waitress = start_waitress()?;
+            Ok(Front {
+                targets: vec![waitress.addr],
+                pids: Vec::new(),
+                _ours: vec![waitress],
+                _peer: None,
+            })
+        }
+        Variant::Resumelb { .. } | Variant::ResumelbDemo | Variant::Python(_) => {
             let (pool, lbs) = match variant {
                 Variant::Resumelb { pool, lbs } => (pool.as_str(), *lbs),
                 _ => ("resume", 1),
@@ -191,30 +249,37 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
             let mut ours = Vec::new();
             let mut pids = Vec::new();
             let mut worker_addrs = Vec::new();
-            let demo = matches!(variant, Variant::ResumelbDemo);
-            // The demo app answers in the worker itself: one worker, no backend.
-            let apps: Vec<String> = if demo {
-                vec!["demo".to_string()]
-            } else {
-                backends.iter().map(|b| format!("upstream:{b}")).collect()
+            // The demo and WSGI apps answer in the worker itself: one
+            // worker, no backend; waitress counts as the worker's side.
+            let apps: Vec<String> = match variant {
+                Variant::ResumelbDemo => vec!["demo".to_string()],
+                Variant::Python(Py::InWorker) => vec!["wsgi:hello_wsgi".to_string()],
+                Variant::Python(_) => {
+                    let waitress = start_waitress()?;
+                    pids.push(("worker", waitress.child.id()));
+                    let app = format!("upstream:{}", waitress.addr);
+                    ours.push(waitress);
+                    vec![app]
+                }
+                _ => backends.iter().map(|b| format!("upstream:{b}")).collect(),
             };
             for app in apps {
-                let w = spawn(
-                    &bins.join("resumelb-worker"),
-                    &[
-                        "-a",
-                        "127.0.0.1:0",
-                        "--app",
-                        &app,
-                        "--threads",
-                        WORKER_THREADS,
-                        "--history",
-                        HISTORY,
-                        "--demo-miss-ms",
-                        "0",
-                    ],
-                    "worker listening on ",
-                )?;
+                let mut args = vec![
+                    "-a",
+                    "127.0.0.1:0",
+                    "--app",
+                    &app,
+                    "--threads",
+                    WORKER_THREADS,
+                    "--history",
+                    HISTORY,
+                    "--demo-miss-ms",
+                    "0",
+                ];
+                if app.starts_with("wsgi:") {
+                    args.extend(["--python-path", HELLO_WSGI]);
+                }
+                let w = spawn(&bins.join("resumelb-worker"), &args, "worker listening on ")?;
                 pids.push(("worker", w.child.id()));
                 worker_addrs.push(w.addr.to_string());
                 ours.push(w);
@@ -382,10 +447,10 @@ fn run_w2(s: &Settings, variants: &[Variant]) -> Vec<Row> {
             let backends = vec![start_backend(64, 1, Duration::ZERO)?];
             let addrs = vec![backends[0].addr];
             let front = start_front(v, &addrs)?;
-            let used: Vec<Spawned> = if matches!(v, Variant::ResumelbDemo) {
-                Vec::new()
-            } else {
+            let used: Vec<Spawned> = if v.uses_backend() {
                 backends
+            } else {
+                Vec::new()
             };
             measure(s, &front, workload::w2_maker(), W2_CONNECTIONS, &used)
         })()
@@ -408,7 +473,7 @@ fn ratios(rows: &[Row]) -> Vec<String> {
     let peers: Vec<&Row> = rows
         .iter()
         .filter(ok)
-        .filter(|r| !r.ours && r.name != "direct to the backend")
+        .filter(|r| !r.ours && !r.name.contains("direct"))
         .collect();
     let best_rate = peers.iter().max_by(|a, b| {
         let ra = a.result.as_ref().map(|m| m.load.rate()).unwrap_or(0.0);
@@ -512,6 +577,11 @@ fn w2_table(rows: &[Row]) -> (Table, Vec<String>) {
         .and_then(|r| r.result.as_ref().ok())
         .map(|m| m.load.rate());
     let mut notes = Vec::new();
+    if rows.iter().any(|r| r.name.contains("-> waitress")) {
+        notes.push(
+            "worker us/req of \"-> waitress\" counts the worker and waitress together".to_string(),
+        );
+    }
     for r in rows {
         let m = match &r.result {
             Ok(m) => m,
@@ -526,7 +596,7 @@ fn w2_table(rows: &[Row]) -> (Table, Vec<String>) {
         let lb_secs: f64 = m
             .cpu
             .iter()
-            .filter(|(r, _)| *r != "worker")
+            .filter(|(r, _)| ["LB", "haproxy", "nginx"].contains(r))
             .map(|(_, c)| c)
             .sum();
         t.row(vec![
@@ -547,7 +617,7 @@ fn w2_table(rows: &[Row]) -> (Table, Vec<String>) {
             m.load.errors.to_string(),
         ]);
         if let Some(d) = direct {
-            if r.name != "direct to the backend" && m.load.rate() >= 0.9 * d {
+            if !r.name.contains("direct") && m.load.rate() >= 0.9 * d {
                 notes.push(format!(
                     "{} came within 10% of the direct figure: it measures the load generator, \
                      not the LB",
@@ -665,6 +735,9 @@ fn main() -> io::Result<()> {
             lbs: 1,
         },
         Variant::ResumelbDemo,
+        Variant::Python(Py::Direct),
+        Variant::Python(Py::Upstream),
+        Variant::Python(Py::InWorker),
     ];
     let header = format!(
         "resumelb bench-compare on {}\n{}; {}; warm-up {} s, measured {} s per variant\n\
