@@ -13,6 +13,7 @@
 //! the soak and test helpers are behind the `testing` feature, which the
 //! crate's own tests, examples and benchmarks turn on (see Cargo.toml).
 
+pub mod alloc;
 pub mod classify;
 pub mod cli;
 pub mod http;

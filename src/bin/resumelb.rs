@@ -1,4 +1,9 @@
 //! `resumelb`: see `man resumelb`.
+
+/// mimalloc (see `resumelb::alloc`).
+#[global_allocator]
+static ALLOC: resumelb::alloc::MiMalloc = resumelb::alloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     resumelb::cli::main_with(resumelb::cli::lb::NAME, resumelb::cli::lb::run)
 }

@@ -1,4 +1,9 @@
 //! `zkresumelb`: see `man zkresumelb`.
+
+/// mimalloc (see `resumelb::alloc`).
+#[global_allocator]
+static ALLOC: resumelb::alloc::MiMalloc = resumelb::alloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     resumelb::cli::main_with(resumelb::cli::zklb::NAME, resumelb::cli::zklb::run)
 }

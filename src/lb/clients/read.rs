@@ -64,7 +64,7 @@ pub(super) fn start_request(c: &mut Client, ctx: &Ctx) -> Step {
         keep_alive: head.keep_alive && ctx.stopping.is_none(),
     };
     let idempotent = matches!(head.method.as_str(), "GET" | "HEAD");
-    c.req = Some(Request {
+    c.req = Some(Box::new(Request {
         head,
         class,
         environ,
@@ -73,7 +73,7 @@ pub(super) fn start_request(c: &mut Client, ctx: &Ctx) -> Step {
         started: now,
         wall: SystemTime::now(),
         ex: Exchange::new(ask, idempotent, now),
-    });
+    }));
     Step::More
 }
 
