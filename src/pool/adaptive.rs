@@ -13,7 +13,7 @@
 //!   first for it by rendezvous hashing (hash of class and worker name), so
 //!   that several LBs place new classes alike without talking.
 
-use std::collections::HashMap;
+use crate::util::intmap::IntMap;
 use std::time::Duration;
 
 use super::{Pool, PoolStatus, Settings, WorkerId, WorkerStatus};
@@ -50,7 +50,7 @@ impl Worker {
 #[derive(Debug, Default)]
 pub struct AdaptivePool {
     settings: Settings,
-    workers: HashMap<WorkerId, Worker>,
+    workers: IntMap<WorkerId, Worker>,
     in_flight: i64,
 }
 
@@ -365,7 +365,7 @@ mod tests {
             b.new_resume(w(100 + i as u64), Resume::new());
             b.describe(w(100 + i as u64), name, 100);
         }
-        let mut spread = HashMap::new();
+        let mut spread = std::collections::HashMap::new();
         for c in 0..200 {
             let class = format!("site{c}");
             let pa = a.get(&class).unwrap();

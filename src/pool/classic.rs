@@ -4,6 +4,7 @@
 //! class are kept in a short list, and the LRU line's order is read from
 //! per-worker stamps instead of walking the line.
 
+use crate::util::intmap::IntMap;
 use std::collections::HashMap;
 
 use super::line::Line;
@@ -38,7 +39,7 @@ pub struct ResumePool {
     pool: Backlog,
     slots: Vec<Option<Entry>>,
     free: Vec<usize>,
-    by_id: HashMap<WorkerId, usize>,
+    by_id: IntMap<WorkerId, usize>,
     line: Line,
     /// Request class → (slot, score) of each worker skilled for it.
     skilled: HashMap<String, Vec<(usize, f64)>>,
@@ -53,7 +54,7 @@ impl ResumePool {
             pool: Backlog::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: IntMap::default(),
             line: Line::new(),
             skilled: HashMap::new(),
         };

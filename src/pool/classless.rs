@@ -1,7 +1,7 @@
 //! The classless pool (docs/ALGORITHMS.md §3): ignores classes and résumés, sends
 //! each request to the first idle worker in LRU order, else the least busy.
 
-use std::collections::HashMap;
+use crate::util::intmap::IntMap;
 
 use super::line::Line;
 use super::{Pool, PoolStatus, Settings, WorkerId, WorkerStatus};
@@ -23,7 +23,7 @@ pub struct ClasslessPool {
     backlog: i64,
     slots: Vec<Option<Entry>>,
     free: Vec<usize>,
-    by_id: HashMap<WorkerId, usize>,
+    by_id: IntMap<WorkerId, usize>,
     line: Line,
 }
 

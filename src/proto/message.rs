@@ -285,6 +285,13 @@ impl ToLb {
     /// Interpret a raw frame sent by a worker.
     pub fn from_frame(frame: RawFrame<'_>) -> Result<ToLb, ProtoError> {
         let rno = frame.rno;
+        // A response head, decoded straight into its strings; anything
+        // that does not decode so takes the general path, for its error.
+        if rno != 0 && frame.payload.first().is_some_and(|b| b >> 5 == 4) {
+            if let Some((status, headers)) = parse_exact(frame.payload) {
+                return Ok(ToLb::Head(rno, ResponseHead { status, headers }));
+            }
+        }
         let value = parse_item(frame.payload)?;
         if rno == 0 {
             return match value {
@@ -339,33 +346,106 @@ fn parse_item(payload: &[u8]) -> Result<Value, ProtoError> {
     Ok(value)
 }
 
+/// Exactly one CBOR item of type `T`, or `None`.
+fn parse_exact<'de, T: serde::Deserialize<'de>>(payload: &'de [u8]) -> Option<T> {
+    let mut de = serde_cbor::Deserializer::from_slice(payload);
+    let value = T::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(value)
+}
+
 /// Whether the item in `payload` is a CBOR map (major type 5).
 fn is_map(payload: &[u8]) -> bool {
     payload.first().is_some_and(|b| b >> 5 == 5)
 }
 
-/// A map's entries in wire order, repeated keys included (decoding into a
-/// `Value::Map` would keep only the last of them).
-struct MapEntries(Vec<(Value, Value)>);
+/// One key or value of an environ: text is taken as it is decoded (no
+/// intermediate CBOR value); anything else is named, for the error.
+enum Field {
+    Text(String),
+    Other(&'static str),
+}
 
-impl<'de> serde::Deserialize<'de> for MapEntries {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MapEntries, D::Error> {
+impl<'de> serde::Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess};
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("text")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(Field::Text(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Field, E> {
+                Ok(Field::Text(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
+                Ok(Field::Other("boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Field, E> {
+                Ok(Field::Other("integer"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Field, E> {
+                Ok(Field::Other("integer"))
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Field, E> {
+                Ok(Field::Other("integer"))
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Field, E> {
+                Ok(Field::Other("integer"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+                Ok(Field::Other("float"))
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Field, E> {
+                Ok(Field::Other("byte string"))
+            }
+            fn visit_unit<E>(self) -> Result<Field, E> {
+                Ok(Field::Other("null"))
+            }
+            fn visit_none<E>(self) -> Result<Field, E> {
+                Ok(Field::Other("null"))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+                <Field as serde::Deserialize>::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("map"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An environ's entries as decoded, in wire order, repeated keys included
+/// (decoding into a map would keep only the last of them).
+struct EnvironEntries(Vec<(Field, Field)>);
+
+impl<'de> serde::Deserialize<'de> for EnvironEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EnvironEntries, D::Error> {
         struct Entries;
         impl<'de> serde::de::Visitor<'de> for Entries {
-            type Value = MapEntries;
+            type Value = EnvironEntries;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<MapEntries, A::Error> {
+            ) -> Result<EnvironEntries, A::Error> {
                 // The size hint comes from the peer: cap what it reserves.
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
-                while let Some(entry) = map.next_entry::<Value, Value>()? {
+                while let Some(entry) = map.next_entry::<Field, Field>()? {
                     out.push(entry);
                 }
-                Ok(MapEntries(out))
+                Ok(EnvironEntries(out))
             }
         }
         d.deserialize_map(Entries)
@@ -377,7 +457,7 @@ fn parse_environ(rno: Rno, payload: &[u8]) -> Result<EnvironPairs, ProtoError> {
     use serde::Deserialize;
     let mut de = serde_cbor::Deserializer::from_slice(payload);
     let entries =
-        MapEntries::deserialize(&mut de).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        EnvironEntries::deserialize(&mut de).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     let used = de.byte_offset();
     if de.end().is_err() {
         return Err(ProtoError::TrailingBytes {
@@ -387,12 +467,16 @@ fn parse_environ(rno: Rno, payload: &[u8]) -> Result<EnvironPairs, ProtoError> {
     let mut env = Vec::with_capacity(entries.0.len());
     for (k, v) in entries.0 {
         match (k, v) {
-            (Value::Text(k), Value::Text(v)) => env.push((k, v)),
+            (Field::Text(k), Field::Text(v)) => env.push((k, v)),
             (k, v) => {
+                let kind = |f: &Field| match f {
+                    Field::Text(_) => "text",
+                    Field::Other(k) => k,
+                };
                 return Err(ProtoError::Shape {
                     rno,
                     what: format!("environ entry {} → {}", kind(&k), kind(&v)),
-                })
+                });
             }
         }
     }

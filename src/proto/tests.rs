@@ -388,3 +388,48 @@ fn vector_challenge_and_auth() {
         );
     }
 }
+
+/// Response heads that are not exactly [status, [[name, value], …]] are
+/// shape errors, whichever decoding path sees them.
+#[test]
+fn malformed_response_heads() {
+    let frame = |payload: &str| {
+        let p = hex(payload);
+        let mut out = 7u32.to_be_bytes().to_vec();
+        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        out.extend_from_slice(&p);
+        out
+    };
+    // 82 [ 62 "ok", 80 [] ]: a head with no headers.
+    assert_eq!(
+        ToLb::decode(&frame("82 626f6b 80"), 100).unwrap(),
+        Decoded::Complete(
+            ToLb::Head(
+                7,
+                ResponseHead {
+                    status: "ok".into(),
+                    headers: vec![]
+                }
+            ),
+            13
+        )
+    );
+    for bad in [
+        "83 626f6b 80 00",                // a third element
+        "81 626f6b",                      // no headers
+        "82 00 80",                       // status not text
+        "82 626f6b 81 81 6161",           // a header of one element
+        "82 626f6b 81 83 6161 6162 6163", // a header of three
+        "82 626f6b 81 82 6161 01",        // a value not text
+        "82 626f6b a0",                   // headers as a map
+    ] {
+        assert!(
+            matches!(
+                ToLb::decode(&frame(bad), 100),
+                Err(ProtoError::Shape { rno: 7, .. })
+            ),
+            "{bad}: {:?}",
+            ToLb::decode(&frame(bad), 100)
+        );
+    }
+}

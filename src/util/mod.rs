@@ -2,6 +2,7 @@
 //! signal delivery to event loops.
 
 pub mod allow;
+pub mod intmap;
 pub mod linelog;
 pub mod logger;
 pub mod net;

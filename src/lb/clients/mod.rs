@@ -8,9 +8,9 @@ mod read;
 mod respond;
 mod waiting;
 
+use crate::util::intmap::IntMap;
 use read::{read_body, start_request, Reading, Step};
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -120,7 +120,7 @@ fn rbuf_limit() -> usize {
 #[derive(Default)]
 pub(super) struct Clients {
     map: SlotMap<ClientKey, Client>,
-    by_spill_id: HashMap<u64, ClientKey>,
+    by_spill_id: IntMap<u64, ClientKey>,
     /// Requests waiting for a worker.
     waiting: waiting::Queues<ClientKey>,
 }

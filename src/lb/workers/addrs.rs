@@ -3,6 +3,7 @@
 //! resolved off the loop, and warnings about addresses that fail, at most
 //! one a minute each.
 
+use crate::util::intmap::IntMap;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -187,7 +188,7 @@ impl Workers {
             },
             refused: false,
             next_rno: 0,
-            inflight: HashMap::new(),
+            inflight: IntMap::default(),
             sending: VecDeque::new(),
             last_read: now,
             keepalive_at: after(now, ctx.cfg.keepalive),

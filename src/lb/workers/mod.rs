@@ -7,6 +7,7 @@ mod addrs;
 mod frames;
 mod health;
 
+use crate::util::intmap::IntMap;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
 
@@ -80,7 +81,7 @@ pub(super) struct WorkerConn {
     /// Refused by this LB (its warning is out): no other warning on close.
     refused: bool,
     next_rno: Rno,
-    inflight: HashMap<Rno, Inflight>,
+    inflight: IntMap<Rno, Inflight>,
     /// Requests whose body is still to be sent, in order.
     sending: VecDeque<Rno>,
     last_read: Instant,
@@ -170,7 +171,7 @@ struct Addr {
 
 pub(super) struct Workers {
     map: SlotMap<WorkerKey, WorkerConn>,
-    by_id: HashMap<WorkerId, WorkerKey>,
+    by_id: IntMap<WorkerId, WorkerKey>,
     addrs: HashMap<String, Addr>,
     resolver: Resolver,
     /// Workers that cannot be reached, do not speak the protocol or fail
@@ -185,7 +186,7 @@ impl Workers {
     pub(super) fn new(resolver: Resolver) -> Workers {
         Workers {
             map: SlotMap::with_key(),
-            by_id: HashMap::new(),
+            by_id: IntMap::default(),
             addrs: HashMap::new(),
             resolver,
             log: LogLimiter::new(std::time::Duration::from_secs(60)),

@@ -2,7 +2,8 @@
 //! frames (environ, body, end, cancel) turned into jobs for the app
 //! threads, and the response frames they send back, written in order.
 
-use std::collections::{HashMap, VecDeque};
+use crate::util::intmap::IntMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -141,7 +142,7 @@ pub(super) struct LbConn {
     /// App frames waiting for room in `out`.
     held: VecDeque<Vec<u8>>,
     flow: Arc<Flow>,
-    requests: HashMap<Rno, Req>,
+    requests: IntMap<Rno, Req>,
     /// When a keep-alive is due, unless something is written before.
     keepalive_at: Instant,
     pub armed: Armed,
@@ -195,7 +196,7 @@ impl LbConn {
             out,
             held: VecDeque::new(),
             flow: Arc::new(Flow::default()),
-            requests: HashMap::new(),
+            requests: IntMap::default(),
             keepalive_at: Instant::now() + ctx.cfg.keepalive,
             armed: Armed::default(),
             challenge,
