@@ -45,10 +45,37 @@ fn closes(lb: &mut TestLb, rno: &mut Rno) -> serde_json::Value {
 }
 
 #[test]
-fn every_pep3333_point() {
+fn every_pep3333_point_as_wsgi() {
     let dir = TempDir::new("wsgi");
     let trace = dir.path("trace.log");
     let w = wsgi_worker(&["--threads", "2", "--tracelog", trace.to_str().unwrap()]);
+    every_pep3333_point(&w, &trace, "hello");
+}
+
+/// The same application through PasteDeploy (installed in the virtualenv
+/// named by VIRTUAL_ENV), its ini's setting passed to the factory.
+#[test]
+fn every_pep3333_point_through_paste() {
+    let dir = TempDir::new("paste");
+    let trace = dir.path("trace.log");
+    let app = format!("paste:{TESTS}/pep3333.ini");
+    let w = start_worker_env(
+        &[
+            "--app",
+            &app,
+            "--python-path",
+            TESTS,
+            "--threads",
+            "2",
+            "--tracelog",
+            trace.to_str().unwrap(),
+        ],
+        &[("VIRTUAL_ENV", &virtualenv())],
+    );
+    every_pep3333_point(&w, &trace, "from paste");
+}
+
+fn every_pep3333_point(w: &WorkerProc, trace: &std::path::Path, greeting: &str) {
     let mut lb = TestLb::connect(w.addr);
     lb.greeting();
     let mut rno = 0;
@@ -78,7 +105,7 @@ fn every_pep3333_point() {
     assert_eq!(e["HTTP_X_THING"], "x y");
     assert_eq!(e["zc.resumelb.request_class"], "env-class");
     assert_eq!(e["tracelog.log"], true);
-    assert_eq!(e["greeting"], "hello");
+    assert_eq!(e["greeting"], greeting);
     let started = e["zc.resumelb.time"].as_f64().unwrap();
     let now = e["now"].as_f64().unwrap();
     assert!(started <= now && now - started < 10.0, "{started} {now}");
@@ -187,7 +214,7 @@ fn every_pep3333_point() {
     let r = lb.request(traced, environ("GET", "/trace", "m=42", "t"), b"");
     assert_eq!(text(&r), "traced");
     wait_until("the app's trace records", T, || {
-        let log = std::fs::read_to_string(&trace).unwrap_or_default();
+        let log = std::fs::read_to_string(trace).unwrap_or_default();
         let mine = |code: &str, msg: &str| {
             log.lines().any(|l| {
                 let f: Vec<&str> = l.splitn(4, ' ').collect();
@@ -225,6 +252,32 @@ fn a_cancelled_response_stops_and_is_closed() {
         || closes(&mut other, &mut rno)["cancelled"] == 1,
     );
     assert!(!w.proc.stderr().contains("raised"), "{}", w.proc.stderr());
+}
+
+/// The same through the LB: an HTTP client that goes away after the first
+/// chunk; the LB cancels, the app thread stops and calls close().
+#[test]
+fn a_client_that_goes_away_has_its_response_closed() {
+    let w = wsgi_worker(&["--threads", "2"]);
+    let lb = start_lb(&[&w.addr.to_string()]);
+    let mut c = HttpConn::connect(lb.addr);
+    c.send(b"GET /slow?name=client-gone HTTP/1.1\r\nHost: slow\r\n\r\n");
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut c.stream, &mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    drop(c);
+    let mut probe = TestLb::connect(w.addr);
+    probe.greeting();
+    let mut rno = 0;
+    wait_until(
+        "close() after the client left",
+        Duration::from_secs(5),
+        || closes(&mut probe, &mut rno)["client-gone"] == 1,
+    );
 }
 
 /// A 10 MiB chunked upload through the LB, read by the app with
@@ -282,16 +335,12 @@ fn chunked_uploads_through_the_lb() {
     }
 }
 
-/// The same application through PasteDeploy, found in the virtualenv named
-/// by VIRTUAL_ENV; a second application of the file by name.
+/// A paste file's other application, by name.
 #[test]
-fn paste_files_load_their_applications() {
+fn paste_files_name_their_applications() {
     let venv = virtualenv();
     let ini = format!("{TESTS}/pep3333.ini");
-    for (app, greeting) in [
-        (format!("paste:{ini}"), "from paste"),
-        (format!("paste:{ini}#other"), "the other one"),
-    ] {
+    for (app, greeting) in [(format!("paste:{ini}#other"), "the other one")] {
         let w = start_worker_env(
             &["--app", &app, "--python-path", TESTS],
             &[("VIRTUAL_ENV", &venv)],
