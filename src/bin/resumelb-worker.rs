@@ -5,5 +5,6 @@
 static ALLOC: resumelb::alloc::MiMalloc = resumelb::alloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    resumelb::alloc::configure();
     resumelb::cli::main_with(resumelb::cli::worker::NAME, resumelb::cli::worker::run)
 }
