@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use resumelb::pool::{Pool, ResumePool, Settings, WorkerId};
+use resumelb::pool::{ClassicPool, Pool, Settings, WorkerId};
 use resumelb::proto::Resume;
 use resumelb::testing::Rng;
 
@@ -32,7 +32,7 @@ fn main() {
         }
     }
     let skills: usize = resumes.iter().map(|r| r.len()).sum();
-    let mut pool = ResumePool::new(Settings {
+    let mut pool = ClassicPool::new(Settings {
         variance: 4.0,
         ..Settings::default()
     });
@@ -44,7 +44,7 @@ fn main() {
         .collect();
 
     let mut in_flight: VecDeque<WorkerId> = VecDeque::with_capacity(IN_FLIGHT + 1);
-    let run = |pool: &mut ResumePool, in_flight: &mut VecDeque<WorkerId>, n: usize| {
+    let run = |pool: &mut ClassicPool, in_flight: &mut VecDeque<WorkerId>, n: usize| {
         for &c in &picks[..n] {
             if let Some(w) = pool.get(&classes[c]) {
                 in_flight.push_back(w);

@@ -20,7 +20,7 @@ pub(super) struct Line {
     pub request: Option<String>,
     pub status: u16,
     pub bytes: u64,
-    pub class: String,
+    pub class: std::rc::Rc<str>,
     pub started: Instant,
 }
 
@@ -134,7 +134,7 @@ mod tests {
         assert!(p.due(99).is_empty());
         let due = p.due(100);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].class, "a");
+        assert_eq!(&*due[0].class, "a");
         assert!(p.due(200).is_empty());
         assert_eq!(p.all().len(), 1);
         assert!(p.all().is_empty());

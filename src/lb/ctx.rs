@@ -106,6 +106,8 @@ pub(super) struct Ctx {
     pub(super) stopping: Option<Instant>,
     /// Where sockets are read into.
     pub(super) scratch: Scratch,
+    /// Pool time counts from here.
+    epoch: Instant,
     next_id: u64,
 }
 
@@ -131,6 +133,7 @@ impl Ctx {
             effects: VecDeque::new(),
             stopping: None,
             scratch: Scratch::default(),
+            epoch: Instant::now(),
             next_id: 0,
         }
     }
@@ -139,6 +142,16 @@ impl Ctx {
     pub(super) fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// The pool's time for an instant.
+    pub(super) fn pool_time(&self, t: Instant) -> crate::pool::Time {
+        t.saturating_duration_since(self.epoch)
+    }
+
+    /// The pool's time now.
+    pub(super) fn pool_now(&self) -> crate::pool::Time {
+        self.pool_time(Instant::now())
     }
 
     pub(super) fn effect(&mut self, e: Effect) {

@@ -23,6 +23,8 @@ use crate::net::{
     token_conn, Accepted, Acceptor, Armed, Bound, Control, Reactor, Ready, StopVerdict, Stops,
     ACCEPT_RETRY, LISTENER,
 };
+use crate::pool::waiting::Server;
+use crate::pool::{Ask, Balancer, Time};
 use crate::proto::MAX_CHUNK;
 
 pub(super) const STATUS: Token = Token(2);
@@ -145,10 +147,11 @@ impl Loop {
 
     /// Send a complete request to a worker, or queue it until one comes.
     fn dispatch(&mut self, client: ClientKey) {
-        let Some(class) = self.clients.class(client).map(str::to_owned) else {
+        let Some(class) = self.clients.class(client).cloned() else {
             return;
         };
-        match self.workers.pick(&class, &mut self.ctx) {
+        let ask = Ask::new(&class, self.ctx.pool_now());
+        match self.workers.pick(&ask, &mut self.ctx) {
             Some(worker) => self.send(client, worker),
             // Shutting down with no worker in the pool: none will come.
             None if self.ctx.stopping.is_some() => {
@@ -170,57 +173,32 @@ impl Loop {
     }
 
     fn send(&mut self, client: ClientKey, worker: WorkerKey) {
+        let Some(class) = self.clients.class(client).cloned() else {
+            return;
+        };
         let Some((environ, has_body)) = self.clients.dispatching(client) else {
             // Should not happen (the request was there a moment ago): the
             // pool's pick is given back.
-            self.workers.unpick(worker, &mut self.ctx);
+            self.workers.unpick(worker, &class, &mut self.ctx);
             return;
         };
         let sent = self
             .workers
-            .send(worker, client, environ, has_body, &mut self.ctx);
+            .send(worker, client, class, environ, has_body, &mut self.ctx);
         if let Some(rno) = sent {
             self.clients.sent(client, worker, rno, &mut self.ctx);
         }
     }
 
-    /// Requests waiting for a worker get one, class by class (the class
-    /// waiting longest first), as far as the pool has one for each: first
-    /// workers skilled at their class, then, for requests that have waited
-    /// past their class's spill time, any free worker. Then the next spill
-    /// time is armed.
+    /// Requests waiting for a worker get one (`pool::waiting::serve`), then
+    /// the next spill time is armed.
     fn serve_waiting(&mut self) {
-        let now = Instant::now();
-        let classes = self.clients.waiting_classes();
-        'passes: for spill in [false, true] {
-            for (class, _) in &classes {
-                if !self.ctx.balancer.has_free() {
-                    break 'passes;
-                }
-                while let Some((client, since)) = self.clients.next_waiting(class) {
-                    let waited = if spill {
-                        now.saturating_duration_since(since)
-                    } else {
-                        Duration::ZERO
-                    };
-                    let Some(worker) = self.workers.pick_waited(class, waited, &mut self.ctx)
-                    else {
-                        break;
-                    };
-                    self.clients.pop_waiting(class);
-                    self.send(client, worker);
-                }
-            }
-        }
-        // A request past its time that found no free worker waits for a
-        // slot to free: arming a time already gone would spin. (Heads served
-        // just now may make this earlier than needed: a harmless wake.)
-        let next = classes
-            .iter()
-            .filter_map(|(class, since)| Some(*since + self.ctx.balancer.spill_after(class)?))
-            .filter(|&at| at > now)
-            .min();
+        let now = self.ctx.pool_now();
+        let mut queues = self.clients.take_queues();
+        let next = crate::pool::waiting::serve(&mut queues, self, now);
+        self.clients.put_queues(queues);
         if let Some(at) = next {
+            let at = Instant::now() + at.saturating_sub(now);
             self.ctx
                 .deadlines
                 .arm(&mut self.spill_armed, at, Due::ServeWaiting);
@@ -406,6 +384,27 @@ impl Loop {
             }
         }
         self.maybe_resume_accepting();
+    }
+}
+
+impl Server<ClientKey> for Loop {
+    type Worker = WorkerKey;
+
+    fn since(&self, key: ClientKey) -> Option<Time> {
+        let t = self.clients.waiting_since(key)?;
+        Some(self.ctx.pool_time(t))
+    }
+
+    fn pick(&mut self, ask: &Ask) -> Option<WorkerKey> {
+        self.workers.pick(ask, &mut self.ctx)
+    }
+
+    fn send(&mut self, key: ClientKey, worker: WorkerKey) {
+        Loop::send(self, key, worker);
+    }
+
+    fn balancer(&self) -> &Balancer {
+        &self.ctx.balancer
     }
 }
 

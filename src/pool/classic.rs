@@ -8,7 +8,7 @@ use crate::util::intmap::IntMap;
 use std::collections::HashMap;
 
 use super::line::Line;
-use super::{Backlog, Pool, PoolStatus, Settings, WorkerId, WorkerStatus};
+use super::{Ask, Backlog, Done, Pool, PoolStatus, Settings, WorkerId, WorkerStatus};
 use crate::proto::Resume;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ struct Entry {
 
 /// The classic résumé pool.
 #[derive(Debug)]
-pub struct ResumePool {
+pub struct ClassicPool {
     settings: Settings,
     worker_decay: f64,
     decay: f64,
@@ -45,9 +45,9 @@ pub struct ResumePool {
     skilled: HashMap<String, Vec<(usize, f64)>>,
 }
 
-impl ResumePool {
-    pub fn new(settings: Settings) -> ResumePool {
-        let mut p = ResumePool {
+impl ClassicPool {
+    pub fn new(settings: Settings) -> ClassicPool {
+        let mut p = ClassicPool {
             settings,
             worker_decay: 0.0,
             decay: 0.0,
@@ -118,61 +118,9 @@ impl ResumePool {
     }
 }
 
-impl Pool for ResumePool {
-    fn new_resume(&mut self, w: WorkerId, resume: Resume) {
-        let slot = match self.by_id.get(&w) {
-            Some(&slot) => slot,
-            None => {
-                let entry = Entry {
-                    id: w,
-                    place: Place::Gone,
-                    backlog: Backlog::default(),
-                    skills: Resume::new(),
-                };
-                let slot = match self.free.pop() {
-                    Some(s) => {
-                        self.slots[s] = Some(entry);
-                        s
-                    }
-                    None => {
-                        self.slots.push(Some(entry));
-                        self.slots.len() - 1
-                    }
-                };
-                self.by_id.insert(w, slot);
-                slot
-            }
-        };
-        if self.entry(slot).place == Place::InPool {
-            self.drop_skills(slot);
-        } else {
-            self.entry_mut(slot).place = Place::InPool;
-            self.line.push_front(slot);
-            self.update_decay();
-        }
-        self.add_skills(slot, resume);
-    }
-
-    fn remove(&mut self, w: WorkerId) {
-        let Some(&slot) = self.by_id.get(&w) else {
-            return;
-        };
-        self.leave_line(slot);
-        let e = self.entry_mut(slot);
-        e.place = Place::Gone;
-        if e.backlog.backlog == 0 {
-            self.free_slot(slot);
-        }
-    }
-
-    fn park(&mut self, w: WorkerId) {
-        if let Some(&slot) = self.by_id.get(&w) {
-            self.leave_line(slot);
-            self.entry_mut(slot).place = Place::Parked;
-        }
-    }
-
-    fn get(&mut self, class: &str) -> Option<WorkerId> {
+impl ClassicPool {
+    /// Choose a worker for a request of `class`.
+    pub fn get(&mut self, class: &str) -> Option<WorkerId> {
         let n = self.line.len();
         let front = self.line.front()?;
         let max_backlog = (self.settings.variance * self.pool.mbacklog / n as f64).max(1.0);
@@ -227,7 +175,8 @@ impl Pool for ResumePool {
         Some(id)
     }
 
-    fn put(&mut self, w: WorkerId) {
+    /// The worker's part of a request is over.
+    pub fn put(&mut self, w: WorkerId) {
         let Some(&slot) = self.by_id.get(&w) else {
             log::warn!("pool: put for unknown worker {w:?} ignored");
             return;
@@ -244,6 +193,69 @@ impl Pool for ResumePool {
         e.backlog.bump(worker_decay);
         if e.place == Place::Gone && e.backlog.backlog == 0 {
             self.free_slot(slot);
+        }
+    }
+}
+
+impl Pool for ClassicPool {
+    fn get(&mut self, ask: &Ask) -> Option<WorkerId> {
+        ClassicPool::get(self, ask.class)
+    }
+
+    fn put(&mut self, w: WorkerId, _done: &Done) {
+        ClassicPool::put(self, w)
+    }
+
+    fn new_resume(&mut self, w: WorkerId, resume: Resume) {
+        let slot = match self.by_id.get(&w) {
+            Some(&slot) => slot,
+            None => {
+                let entry = Entry {
+                    id: w,
+                    place: Place::Gone,
+                    backlog: Backlog::default(),
+                    skills: Resume::new(),
+                };
+                let slot = match self.free.pop() {
+                    Some(s) => {
+                        self.slots[s] = Some(entry);
+                        s
+                    }
+                    None => {
+                        self.slots.push(Some(entry));
+                        self.slots.len() - 1
+                    }
+                };
+                self.by_id.insert(w, slot);
+                slot
+            }
+        };
+        if self.entry(slot).place == Place::InPool {
+            self.drop_skills(slot);
+        } else {
+            self.entry_mut(slot).place = Place::InPool;
+            self.line.push_front(slot);
+            self.update_decay();
+        }
+        self.add_skills(slot, resume);
+    }
+
+    fn remove(&mut self, w: WorkerId) {
+        let Some(&slot) = self.by_id.get(&w) else {
+            return;
+        };
+        self.leave_line(slot);
+        let e = self.entry_mut(slot);
+        e.place = Place::Gone;
+        if e.backlog.backlog == 0 {
+            self.free_slot(slot);
+        }
+    }
+
+    fn park(&mut self, w: WorkerId) {
+        if let Some(&slot) = self.by_id.get(&w) {
+            self.leave_line(slot);
+            self.entry_mut(slot).place = Place::Parked;
         }
     }
 

@@ -4,7 +4,7 @@
 use crate::util::intmap::IntMap;
 
 use super::line::Line;
-use super::{Pool, PoolStatus, Settings, WorkerId, WorkerStatus};
+use super::{Ask, Done, Pool, PoolStatus, Settings, WorkerId, WorkerStatus};
 use crate::proto::Resume;
 
 #[derive(Debug)]
@@ -61,7 +61,56 @@ impl ClasslessPool {
     }
 }
 
+impl ClasslessPool {
+    /// Choose a worker for a request of `class`.
+    pub fn get(&mut self, _class: &str) -> Option<WorkerId> {
+        let mut best: Option<(usize, i64)> = None;
+        for slot in self.line.iter() {
+            let b = self.entry(slot).backlog;
+            if best.is_none_or(|(_, bb)| b < bb) {
+                best = Some((slot, b));
+                if b == 0 {
+                    break;
+                }
+            }
+        }
+        let (slot, _) = best?;
+        self.line.move_to_back(slot);
+        self.backlog += 1;
+        let e = self.entry_mut(slot);
+        e.backlog += 1;
+        Some(e.id)
+    }
+
+    /// The worker's part of a request is over.
+    pub fn put(&mut self, w: WorkerId) {
+        let Some(&slot) = self.by_id.get(&w) else {
+            log::warn!("pool: put for unknown worker {w:?} ignored");
+            return;
+        };
+        let e = self.entry_mut(slot);
+        if e.backlog <= 0 {
+            log::warn!("pool: put for idle worker {w:?} ignored");
+            return;
+        }
+        e.backlog -= 1;
+        let done = !e.in_pool && !e.parked && e.backlog == 0;
+        self.backlog -= 1;
+        if done {
+            self.free_slot(slot);
+        }
+    }
+}
+
 impl Pool for ClasslessPool {
+    fn get(&mut self, ask: &Ask) -> Option<WorkerId> {
+        ClasslessPool::get(self, ask.class)
+    }
+
+    fn put(&mut self, w: WorkerId, _done: &Done) {
+        ClasslessPool::put(self, w)
+    }
+
     fn new_resume(&mut self, w: WorkerId, resume: Resume) {
         let slot = match self.by_id.get(&w) {
             Some(&s) => s,
@@ -115,43 +164,6 @@ impl Pool for ClasslessPool {
             let e = self.entry_mut(slot);
             e.in_pool = false;
             e.parked = true;
-        }
-    }
-
-    fn get(&mut self, _class: &str) -> Option<WorkerId> {
-        let mut best: Option<(usize, i64)> = None;
-        for slot in self.line.iter() {
-            let b = self.entry(slot).backlog;
-            if best.is_none_or(|(_, bb)| b < bb) {
-                best = Some((slot, b));
-                if b == 0 {
-                    break;
-                }
-            }
-        }
-        let (slot, _) = best?;
-        self.line.move_to_back(slot);
-        self.backlog += 1;
-        let e = self.entry_mut(slot);
-        e.backlog += 1;
-        Some(e.id)
-    }
-
-    fn put(&mut self, w: WorkerId) {
-        let Some(&slot) = self.by_id.get(&w) else {
-            log::warn!("pool: put for unknown worker {w:?} ignored");
-            return;
-        };
-        let e = self.entry_mut(slot);
-        if e.backlog <= 0 {
-            log::warn!("pool: put for idle worker {w:?} ignored");
-            return;
-        }
-        e.backlog -= 1;
-        let done = !e.in_pool && !e.parked && e.backlog == 0;
-        self.backlog -= 1;
-        if done {
-            self.free_slot(slot);
         }
     }
 

@@ -4,18 +4,19 @@
 //! [`Balancer`], which wraps one [`Pool`] (classic résumé pool or classless)
 //! and, in single-version mode, decides which workers are in it.
 
-mod adaptive;
 mod classic;
 mod classless;
 mod line;
+mod resume;
 mod settings;
 #[cfg(test)]
 mod tests;
 mod versions;
+pub mod waiting;
 
-pub use adaptive::AdaptivePool;
-pub use classic::ResumePool;
+pub use classic::ClassicPool;
 pub use classless::ClasslessPool;
+pub use resume::ResumePool;
 pub use settings::{SettingError, Settings};
 pub use versions::Balancer;
 
@@ -65,6 +66,53 @@ pub struct PoolStatus {
     pub workers: Vec<WorkerStatus>,
 }
 
+/// Pool time: how long since an epoch the caller chooses (the LB's start,
+/// the simulator's zero). Pools never read a clock.
+pub type Time = std::time::Duration;
+
+/// A request that wants a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub class: &'a str,
+    /// How long it has waited at the LB for a worker so far.
+    pub waited: std::time::Duration,
+    pub now: Time,
+}
+
+impl<'a> Ask<'a> {
+    /// A request that has not waited.
+    pub fn new(class: &'a str, now: Time) -> Ask<'a> {
+        Ask {
+            class,
+            waited: std::time::Duration::ZERO,
+            now,
+        }
+    }
+}
+
+/// How a worker's part of a request chosen by [`Pool::get`] ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Done<'a> {
+    pub class: &'a str,
+    pub now: Time,
+    /// From sending the request to the end of its response, for a
+    /// response that counts as served; `None` for failures (5xx, aborted),
+    /// cancelled requests and requests lost with their worker: failures
+    /// are never skill.
+    pub latency: Option<std::time::Duration>,
+}
+
+impl<'a> Done<'a> {
+    /// A request that ended without a usable latency.
+    pub fn without_sample(class: &'a str, now: Time) -> Done<'a> {
+        Done {
+            class,
+            now,
+            latency: None,
+        }
+    }
+}
+
 /// What every pool offers the LB.
 pub trait Pool: Send + fmt::Debug {
     /// A worker's résumé arrived: join the pool (at the front of the line)
@@ -76,15 +124,11 @@ pub trait Pool: Send + fmt::Debug {
     /// Take the worker out of the pool but keep its counters; its next
     /// résumé brings it back (single-version switches).
     fn park(&mut self, w: WorkerId);
-    /// Choose a worker for a request of `class`; `None` with no workers
-    /// (or, for a pool that bounds them, none free).
-    fn get(&mut self, class: &str) -> Option<WorkerId>;
-    /// The same for a request that has waited `waited` for a worker.
-    fn get_waited(&mut self, class: &str, _waited: std::time::Duration) -> Option<WorkerId> {
-        self.get(class)
-    }
-    /// How long a waiting request of `class` waits before any free worker
-    /// takes it (`None`: no such limit, or not known).
+    /// Choose a worker for a request; `None` with no workers (or, for a
+    /// pool that bounds them, when the request should wait for one).
+    fn get(&mut self, ask: &Ask) -> Option<WorkerId>;
+    /// How long a waiting request of `class` waits before a worker not
+    /// skilled at it may take it (`None`: no such limit, or not known).
     fn spill_after(&self, _class: &str) -> Option<std::time::Duration> {
         None
     }
@@ -97,7 +141,7 @@ pub trait Pool: Send + fmt::Debug {
         true
     }
     /// The worker's part of a request chosen by `get` is over.
-    fn put(&mut self, w: WorkerId);
+    fn put(&mut self, w: WorkerId, done: &Done);
     fn update_settings(&mut self, settings: &Settings);
     fn settings(&self) -> Settings;
     /// Workers in the pool.
@@ -113,20 +157,25 @@ pub trait Pool: Send + fmt::Debug {
 /// Which pool to build (`--pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
+    /// The résumé pool, bounded by capacity and aware of latency (the
+    /// default).
     Resume,
+    /// The original's résumé pool, reproduced exactly.
+    Classic,
     Classless,
-    Adaptive,
 }
 
 impl FromStr for PoolKind {
     type Err = String;
     fn from_str(s: &str) -> Result<PoolKind, String> {
         match s {
-            "resume" => Ok(PoolKind::Resume),
+            // "adaptive" was an earlier capacity-aware pool that the
+            // résumé pool replaced.
+            "resume" | "adaptive" => Ok(PoolKind::Resume),
+            "classic" => Ok(PoolKind::Classic),
             "classless" => Ok(PoolKind::Classless),
-            "adaptive" => Ok(PoolKind::Adaptive),
             other => Err(format!(
-                "unknown pool {other:?} (expected \"resume\", \"classless\" or \"adaptive\")"
+                "unknown pool {other:?} (expected \"resume\", \"classic\" or \"classless\")"
             )),
         }
     }
@@ -134,13 +183,21 @@ impl FromStr for PoolKind {
 
 impl PoolKind {
     /// Every pool's `-p` name (benchmarks run each as a variant).
-    pub const NAMES: [&'static str; 3] = ["resume", "classless", "adaptive"];
+    pub const NAMES: [&'static str; 3] = ["resume", "classic", "classless"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Resume => "resume",
+            PoolKind::Classic => "classic",
+            PoolKind::Classless => "classless",
+        }
+    }
 
     pub fn build(self, settings: Settings) -> Box<dyn Pool> {
         match self {
             PoolKind::Resume => Box::new(ResumePool::new(settings)),
+            PoolKind::Classic => Box::new(ClassicPool::new(settings)),
             PoolKind::Classless => Box::new(ClasslessPool::new(settings)),
-            PoolKind::Adaptive => Box::new(AdaptivePool::new(settings)),
         }
     }
 }

@@ -34,13 +34,23 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
 }
 
-fn gets(p: &mut ResumePool, class: &str, n: usize) -> Vec<u64> {
+const T0: Time = std::time::Duration::ZERO;
+
+fn bget(b: &mut Balancer, class: &str) -> Option<WorkerId> {
+    b.get(&Ask::new(class, T0))
+}
+
+fn bput(b: &mut Balancer, w: WorkerId) {
+    b.put(w, &Done::without_sample("c", T0))
+}
+
+fn gets(p: &mut ClassicPool, class: &str, n: usize) -> Vec<u64> {
     (0..n).map(|_| p.get(class).unwrap().0).collect()
 }
 
 #[test]
 fn reference_scenario() {
-    let mut p = ResumePool::new(Settings {
+    let mut p = ClassicPool::new(Settings {
         variance: 1.5,
         backlog_history: 2,
         unskilled_score: 0.5,
@@ -106,7 +116,7 @@ fn reference_scenario() {
 
 #[test]
 fn new_worker_under_load() {
-    let mut p = ResumePool::new(Settings {
+    let mut p = ClassicPool::new(Settings {
         variance: 1.0,
         ..Settings::default()
     });
@@ -129,7 +139,7 @@ fn new_worker_under_load() {
 
 #[test]
 fn skill_wins_over_lru_and_ties_go_to_the_least_recently_used() {
-    let mut p = ResumePool::new(Settings::default());
+    let mut p = ClassicPool::new(Settings::default());
     p.new_resume(w(1), resume(&[("a", 5.0)]));
     p.new_resume(w(2), resume(&[("a", 1.0), ("b", 3.0)]));
     p.new_resume(w(3), resume(&[("b", 3.0)]));
@@ -149,7 +159,7 @@ fn skill_wins_over_lru_and_ties_go_to_the_least_recently_used() {
 
 #[test]
 fn leave_with_later_puts() {
-    let mut p = ResumePool::new(Settings::default());
+    let mut p = ClassicPool::new(Settings::default());
     p.new_resume(w(1), resume(&[("a", 1.0)]));
     p.new_resume(w(2), resume(&[("a", 1.0)]));
     let got = gets(&mut p, "a", 4);
@@ -174,7 +184,7 @@ fn leave_with_later_puts() {
 
 #[test]
 fn settings_change_the_decay() {
-    let mut p = ResumePool::new(Settings::default());
+    let mut p = ClassicPool::new(Settings::default());
     p.new_resume(w(1), Resume::new());
     p.get("x");
     p.get("x");
@@ -227,16 +237,16 @@ fn versions_served(b: &mut Balancer, n: usize) -> Vec<u64> {
     let mut members: Vec<u64> = b.status().workers.iter().map(|s| s.id.0).collect();
     members.sort_unstable();
     for _ in 0..n {
-        let g = b.get("c").unwrap();
+        let g = bget(b, "c").unwrap();
         assert!(members.contains(&g.0), "{g:?} is not in the pool");
-        b.put(g);
+        bput(b, g);
     }
     members
 }
 
 #[test]
 fn single_version_switches_only_on_a_strict_majority() {
-    let mut b = Balancer::new(PoolKind::Resume, Settings::default(), true);
+    let mut b = Balancer::new(PoolKind::Classic, Settings::default(), true);
     b.new_resume(w(1), Some("1"), Resume::new());
     b.new_resume(w(2), Some("1"), Resume::new());
     assert_eq!(b.current_version(), Some("1"));
@@ -262,9 +272,9 @@ fn single_version_switches_only_on_a_strict_majority() {
 
 #[test]
 fn single_version_keeps_counters_across_switches_and_flaps() {
-    let mut b = Balancer::new(PoolKind::Resume, Settings::default(), true);
+    let mut b = Balancer::new(PoolKind::Classic, Settings::default(), true);
     b.new_resume(w(1), Some("a"), Resume::new());
-    let busy = b.get("c").unwrap();
+    let busy = bget(&mut b, "c").unwrap();
     assert_eq!(busy, w(1));
     // Version b takes over while w1 has a request in flight.
     b.new_resume(w(2), Some("b"), Resume::new());
@@ -277,7 +287,7 @@ fn single_version_keeps_counters_across_switches_and_flaps() {
         b.new_resume(w(1), Some("a"), Resume::new());
     }
     assert_eq!(b.pool().worker_status(w(1)).unwrap().backlog, 1);
-    b.put(w(1));
+    bput(&mut b, w(1));
     assert_eq!(b.status().backlog, 0);
     assert_eq!(b.pool().worker_status(w(1)).unwrap().backlog, 0);
     // Version a wins back the majority: w1 re-enters with its counters.
@@ -316,15 +326,26 @@ fn random_operations(kind: PoolKind, single_version: bool, seed: u64) {
             }
             5..=12 => {
                 let class = format!("c{}", rng.below(10));
-                if let Some(wk) = b.get(&class) {
-                    in_flight.push(wk);
-                } else {
-                    assert!(b.is_empty(), "step {step}: no worker from a non-empty pool");
+                // A pool that bounds workers may say "wait"; past any
+                // spill time, a free worker takes the request.
+                let long = Ask {
+                    class: &class,
+                    waited: std::time::Duration::from_secs(3600),
+                    now: T0,
+                };
+                let got = bget(&mut b, &class).or_else(|| b.get(&long));
+                match got {
+                    Some(wk) => in_flight.push(wk),
+                    None => assert!(
+                        b.is_empty() || (kind == PoolKind::Resume && !b.has_free()),
+                        "step {step}: no worker from a non-empty pool"
+                    ),
                 }
             }
             _ if !in_flight.is_empty() => {
                 let i = rng.below(in_flight.len() as u64) as usize;
-                b.put(in_flight.swap_remove(i));
+                let wk = in_flight.swap_remove(i);
+                bput(&mut b, wk);
             }
             _ => {}
         }
@@ -344,6 +365,8 @@ fn random_operations_keep_backlogs_consistent() {
     for seed in 1..=2 {
         random_operations(PoolKind::Resume, false, seed);
         random_operations(PoolKind::Resume, true, seed);
+        random_operations(PoolKind::Classic, false, seed);
+        random_operations(PoolKind::Classic, true, seed);
         random_operations(PoolKind::Classless, false, seed);
         random_operations(PoolKind::Classless, true, seed);
     }
@@ -357,12 +380,12 @@ fn every_pool_name_parses() {
     assert!("nonsense".parse::<PoolKind>().is_err());
 }
 
-/// Single-version mode with the adaptive pool: only the current version's
+/// Single-version mode with the résumé pool: only the current version's
 /// workers are served, and a switch needs a strict majority, as with the
 /// other pools.
 #[test]
-fn single_version_with_the_adaptive_pool() {
-    let mut b = Balancer::new(PoolKind::Adaptive, Settings::default(), true);
+fn single_version_with_the_resume_pool() {
+    let mut b = Balancer::new(PoolKind::Resume, Settings::default(), true);
     for (id, version) in [(1, "1"), (2, "1"), (3, "2"), (4, "2")] {
         b.describe(w(id), &format!("10.0.0.{id}:80"), 8);
         b.new_resume(w(id), Some(version), Resume::new());

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Pool, PoolKind, PoolStatus, Settings, WorkerId};
+use super::{Ask, Done, Pool, PoolKind, PoolStatus, Settings, WorkerId};
 use crate::proto::Resume;
 
 #[derive(Debug)]
@@ -152,14 +152,8 @@ impl Balancer {
         vs.current = Some(new);
     }
 
-    pub fn get(&mut self, class: &str) -> Option<WorkerId> {
-        self.pool.get(class)
-    }
-
-    /// A worker for a request that has waited `waited` (see
-    /// [`Pool::get_waited`]).
-    pub fn get_waited(&mut self, class: &str, waited: std::time::Duration) -> Option<WorkerId> {
-        self.pool.get_waited(class, waited)
+    pub fn get(&mut self, ask: &Ask) -> Option<WorkerId> {
+        self.pool.get(ask)
     }
 
     pub fn spill_after(&self, class: &str) -> Option<std::time::Duration> {
@@ -176,8 +170,8 @@ impl Balancer {
         self.pool.describe(w, name, capacity);
     }
 
-    pub fn put(&mut self, w: WorkerId) {
-        self.pool.put(w)
+    pub fn put(&mut self, w: WorkerId, done: &Done) {
+        self.pool.put(w, done)
     }
 
     pub fn update_settings(&mut self, settings: &Settings) {

@@ -43,6 +43,18 @@ pub struct ResponseHead {
     pub headers: Vec<(String, String)>,
 }
 
+impl ResponseHead {
+    /// The status code, or 0 when the status does not start with three
+    /// digits.
+    pub fn code(&self) -> u16 {
+        let s = self.status.trim_start();
+        match s.get(..3) {
+            Some(d) if d.bytes().all(|b| b.is_ascii_digit()) => d.parse().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
 /// Messages the LB sends to a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToWorker {

@@ -12,6 +12,7 @@ use crate::util::intmap::IntMap;
 use read::{read_body, start_request, Reading, Step};
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
@@ -45,7 +46,7 @@ pub(super) const NO_WORKER_AT_SHUTDOWN: HttpError = HttpError {
 /// A request being read or served, and its exchange.
 struct Request {
     head: RequestHead,
-    class: String,
+    class: Rc<str>,
     environ: Environ,
     reading: Reading,
     body: ReqBody,
@@ -122,7 +123,7 @@ pub(super) struct Clients {
     map: SlotMap<ClientKey, Client>,
     by_spill_id: IntMap<u64, ClientKey>,
     /// Requests waiting for a worker.
-    waiting: waiting::Queues<ClientKey>,
+    waiting: crate::pool::waiting::Queues<ClientKey>,
 }
 
 impl Clients {
@@ -255,7 +256,7 @@ impl Clients {
     }
 
     /// The class of a request ready for a worker.
-    pub(super) fn class(&self, key: ClientKey) -> Option<&str> {
+    pub(super) fn class(&self, key: ClientKey) -> Option<&Rc<str>> {
         let r = self.map.get(key)?.req.as_ref()?;
         Some(&r.class)
     }

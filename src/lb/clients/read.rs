@@ -49,6 +49,7 @@ pub(super) fn start_request(c: &mut Client, ctx: &Ctx) -> Step {
         .classifier
         .classify(|n| environ.get(n).map(String::as_str));
     environ.insert("resumelb.request_class".into(), class.clone());
+    let class: std::rc::Rc<str> = class.into();
     let reading = match head.body {
         BodyFraming::None => Reading::Done,
         BodyFraming::Sized(n) => Reading::Sized(n),

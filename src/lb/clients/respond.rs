@@ -276,7 +276,7 @@ impl Clients {
                     request: None,
                     status,
                     bytes: body.len() as u64,
-                    class: String::new(),
+                    class: "".into(),
                     started: c.head_started.unwrap_or(c.last_read),
                 };
                 c.log_lines.push(c.out.pushed, l);

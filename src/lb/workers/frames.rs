@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::super::ctx::{Ctx, Dirty, Effect, Response};
 use super::{Handshake, WorkerKey, Workers};
 use crate::net::{each_frame, read_chunk, Chunk, FrameFault};
+use crate::pool::Done;
 use crate::proto::{encode_auth, ProtoError, Rno, ToLb, DEFAULT_MAX_FRAME};
 
 impl Workers {
@@ -176,12 +177,12 @@ impl Workers {
             }
             ToLb::Head(rno, head) => {
                 let client = match w.inflight.get_mut(&rno) {
-                    Some(f) if f.head => {
+                    Some(f) if f.status.is_some() => {
                         let what = "a second response head";
                         return Err(ProtoError::Sequence { rno, what });
                     }
                     Some(f) => {
-                        f.head = true;
+                        f.status = Some(head.code());
                         f.client
                     }
                     None => return Ok(()),
@@ -190,7 +191,7 @@ impl Workers {
             }
             ToLb::Body(rno, data) => {
                 let client = match w.inflight.get(&rno) {
-                    Some(f) if !f.head => {
+                    Some(f) if f.status.is_none() => {
                         let what = "a body before the response head";
                         return Err(ProtoError::Sequence { rno, what });
                     }
@@ -219,7 +220,17 @@ impl Workers {
             return;
         };
         w.sending.retain(|&r| r != rno);
-        ctx.balancer.put(w.id);
+        // A served response is a latency sample for the pool; a failure
+        // (5xx, aborted) is not.
+        let served =
+            matches!(resp, Response::End) && f.status.is_some_and(|s| (200..500).contains(&s));
+        let now = Instant::now();
+        let done = Done {
+            class: &f.class,
+            now: ctx.pool_time(now),
+            latency: served.then(|| now.saturating_duration_since(f.sent)),
+        };
+        ctx.balancer.put(w.id, &done);
         // A slot is free: a request waiting for one may take it.
         ctx.effect(Effect::ServeWaiting);
         ctx.effect(Effect::Response(f.client, resp));

@@ -9,6 +9,7 @@ mod health;
 
 use crate::util::intmap::IntMap;
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
@@ -20,7 +21,7 @@ use super::outliers::Record;
 use super::reqbody::Piece;
 use super::resolver::Resolver;
 use crate::net::{fired, Armed};
-use crate::pool::WorkerId;
+use crate::pool::{Ask, Done, WorkerId};
 use crate::proto::{encode_body, encode_end, encode_environ, encode_null, Environ, Hello, Rno};
 use crate::util::ratelog::LogLimiter;
 use crate::util::time::after;
@@ -38,8 +39,12 @@ const WBUF_CAP: usize = 1 << 20;
 struct Inflight {
     client: ClientKey,
     started: SystemTime,
-    /// The response head arrived (frames must come head, body…, end).
-    head: bool,
+    /// When it was sent, for the pool's latency sample.
+    sent: Instant,
+    class: Rc<str>,
+    /// The response head's status, once it arrived (frames must come
+    /// head, body…, end).
+    status: Option<u16>,
 }
 
 /// Where a connection is in the shared-secret handshake.
@@ -214,36 +219,28 @@ impl Workers {
         })
     }
 
-    /// A worker for `class` from the pool.
-    pub(super) fn pick(&mut self, class: &str, ctx: &mut Ctx) -> Option<WorkerKey> {
-        self.pick_waited(class, std::time::Duration::ZERO, ctx)
-    }
-
-    /// A worker for a request of `class` that has waited `waited`.
-    pub(super) fn pick_waited(
-        &mut self,
-        class: &str,
-        waited: std::time::Duration,
-        ctx: &mut Ctx,
-    ) -> Option<WorkerKey> {
+    /// A worker for a request from the pool.
+    pub(super) fn pick(&mut self, ask: &Ask, ctx: &mut Ctx) -> Option<WorkerKey> {
         loop {
-            let id = ctx.balancer.get_waited(class, waited)?;
+            let id = ctx.balancer.get(ask)?;
             match self.by_id.get(&id) {
                 Some(&key) if self.map.get(key).is_some_and(|w| w.is_up()) => return Some(key),
                 _ => {
                     // Should not happen: the pool and the connections disagree.
                     log::error!("pool chose unknown worker {id:?}; removing it");
-                    ctx.balancer.put(id);
+                    ctx.balancer
+                        .put(id, &Done::without_sample(ask.class, ask.now));
                     ctx.balancer.remove(id);
                 }
             }
         }
     }
 
-    /// Give back a worker [`Workers::pick`] chose, unused.
-    pub(super) fn unpick(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+    /// Give back a worker [`Workers::pick`] chose for `class`, unused.
+    pub(super) fn unpick(&mut self, key: WorkerKey, class: &str, ctx: &mut Ctx) {
         if let Some(w) = self.map.get(key) {
-            ctx.balancer.put(w.id);
+            let done = Done::without_sample(class, ctx.pool_now());
+            ctx.balancer.put(w.id, &done);
         }
     }
 
@@ -253,6 +250,7 @@ impl Workers {
         &mut self,
         key: WorkerKey,
         client: ClientKey,
+        class: Rc<str>,
         environ: &Environ,
         has_body: bool,
         ctx: &mut Ctx,
@@ -264,7 +262,9 @@ impl Workers {
             Inflight {
                 client,
                 started: SystemTime::now(),
-                head: false,
+                sent: Instant::now(),
+                class,
+                status: None,
             },
         );
         let pairs = environ.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -317,12 +317,13 @@ impl Workers {
         let Some(w) = self.map.get_mut(key) else {
             return;
         };
-        if w.inflight.remove(&rno).is_none() {
+        let Some(f) = w.inflight.remove(&rno) else {
             return;
-        }
+        };
         w.sending.retain(|&r| r != rno);
         encode_null(w.out.buf(), rno);
-        ctx.balancer.put(w.id);
+        ctx.balancer
+            .put(w.id, &Done::without_sample(&f.class, ctx.pool_now()));
         // A slot is free: a request waiting for one may take it.
         ctx.effect(Effect::ServeWaiting);
         ctx.dirty.mark(Dirty::Worker(key));
@@ -396,8 +397,9 @@ impl Workers {
                 self.warn(&w.addr, "unreachable", &msg);
             }
         }
+        let now = ctx.pool_now();
         for (_, f) in w.inflight.drain() {
-            ctx.balancer.put(w.id);
+            ctx.balancer.put(w.id, &Done::without_sample(&f.class, now));
             ctx.effect(Effect::Response(f.client, Response::Lost));
         }
         ctx.balancer.remove(w.id);
