@@ -277,6 +277,7 @@ impl Pool for ClassicPool {
         PoolStatus {
             backlog: self.pool.backlog,
             mean_backlog: self.pool.mbacklog,
+            placements: Default::default(),
             workers: self
                 .line
                 .iter()

@@ -188,6 +188,7 @@ impl Pool for ClasslessPool {
             } else {
                 0.0
             },
+            placements: Default::default(),
             workers: self
                 .line
                 .iter()

@@ -64,6 +64,22 @@ pub struct PoolStatus {
     pub backlog: i64,
     pub mean_backlog: f64,
     pub workers: Vec<WorkerStatus>,
+    /// How the pool placed requests (pools that count them).
+    pub placements: Placements,
+}
+
+/// Requests placed, by why their worker was chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placements {
+    /// To a worker skilled at the class.
+    pub skilled: u64,
+    /// A class no worker was skilled at.
+    pub new: u64,
+    /// After waiting its spill time for a skilled worker.
+    pub spilled: u64,
+    /// To a home of the class: away from slow or stalled workers, or to
+    /// an underloaded worker taking a class over.
+    pub moved: u64,
 }
 
 /// Pool time: how long since an epoch the caller chooses (the LB's start,

@@ -1,14 +1,16 @@
 //! The résumé pool (`--pool resume`, the default; docs/ALGORITHMS.md §6):
-//! the classic pool's affinity (a class goes to the workers whose résumés
-//! say they are good at it), bounded by each worker's capacity and aware of
-//! latency, so that a slow or hung worker cannot hold on to its classes.
+//! the classic pool's affinity (a class goes to the workers good at it),
+//! bounded by each worker's capacity and driven by expected latency, so
+//! that a slow or hung worker cannot hold on to its classes.
 //!
 //! Pure and deterministic: time comes in with each call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{Ask, Backlog, Done, Pool, PoolStatus, Settings, Time, WorkerId, WorkerStatus};
+use super::{
+    Ask, Backlog, Done, Placements, Pool, PoolStatus, Settings, Time, WorkerId, WorkerStatus,
+};
 use crate::proto::Resume;
 use crate::util::intmap::IntMap;
 
@@ -21,19 +23,51 @@ const MAX_DEPTH: usize = 8;
 /// times its usual latency (and at least `MIN_STALL`) takes no new ones.
 const STALL_LATENCIES: f64 = 10.0;
 const MIN_STALL: Duration = Duration::from_millis(100);
-/// A spilled request waits at least this long, and at most `MAX_SPILL`.
+/// A waiting request waits at least this long before it spills, and at
+/// most `MAX_SPILL`.
 const MIN_SPILL: Duration = Duration::from_millis(20);
 const MAX_SPILL: Duration = Duration::from_secs(2);
-/// A worker that takes a class it is not skilled at counts as this share
-/// of the class's best score until its résumé says otherwise.
+/// A worker that takes a class its résumé does not name counts as this
+/// share of the class's best score until its résumé names it.
 const LENT_SHARE: f64 = 0.5;
-/// A worker counts as slow when its latency, against what its résumé
-/// predicts, is more than this many times the pool's typical ratio.
-const SLOW_BAND: f64 = 2.0;
-/// Slowness measured on a worker fades by half in this long without news.
-const SLOW_HALF_LIFE: Duration = Duration::from_secs(2);
+/// A worker whose latency at a class, as this LB measured it, is more
+/// than this many times another worker's at the same class gets no more
+/// of its requests while others can take them …
+const VETO_FACTOR: f64 = 4.0;
+/// … once both have this many samples …
+const VETO_SAMPLES: u32 = 3;
+/// … until its measure is this old (then one request tries it again).
+const VETO_AGE: Duration = Duration::from_secs(5);
 /// Weight of one sample in the latency averages.
 const ALPHA: f64 = 0.1;
+/// The cost of a cold request before one is measured.
+const DEFAULT_COLD: Duration = Duration::from_millis(50);
+
+/// Experiment knobs (temporary).
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    depth: f64,
+    lent: f64,
+    veto: f64,
+    spill_factor: f64,
+}
+
+impl Tuning {
+    fn from_env() -> Tuning {
+        let f = |n: &str, d: f64| {
+            std::env::var(n)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Tuning {
+            depth: f("RLB_DEPTH", 0.0),
+            lent: f("RLB_LENT", LENT_SHARE),
+            veto: f("RLB_VETO", VETO_FACTOR),
+            spill_factor: f("RLB_SPILL", 1.0),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -65,6 +99,29 @@ impl Ewma {
     }
 }
 
+/// What the pool knows of one worker at one class.
+#[derive(Debug, Clone, Copy)]
+struct Skill {
+    slot: usize,
+    /// From the worker's résumé (requests per second of service), or lent
+    /// by this pool.
+    score: f64,
+    /// Lent: the worker took the class without a résumé entry for it.
+    lent: bool,
+    /// Seconds from sending to the end, as this LB measured them, and
+    /// when last fed.
+    latency: Ewma,
+    latency_at: Time,
+}
+
+impl Skill {
+    /// Its measured latency, if it has enough fresh samples to compare.
+    fn measured(&self, now: Time) -> Option<f64> {
+        (self.latency.samples >= VETO_SAMPLES && now.saturating_sub(self.latency_at) < VETO_AGE)
+            .then_some(self.latency.value)
+    }
+}
+
 #[derive(Debug)]
 struct Worker {
     id: WorkerId,
@@ -73,20 +130,16 @@ struct Worker {
     threads: usize,
     in_flight: usize,
     place: Place,
-    /// The LB's copy of its résumé, plus classes lent to it.
-    skills: Resume,
-    /// Classes in `skills` that this pool lent it (not from its résumé).
-    lent: std::collections::HashSet<String>,
+    /// Classes it has a `Skill` for.
+    classes: HashSet<String>,
+    /// Classes in its latest résumé.
+    resume_size: usize,
     backlog: Backlog,
     /// Seconds from sending a request to the end of its response.
     latency: Ewma,
-    /// Log of (latency / what the résumé predicts), and when last fed.
-    slowness: Ewma,
-    slowness_at: Time,
     /// When it last finished a request, or got one while idle.
     progress_at: Time,
-    /// Requests sent before this (those of a stall) are not measured.
-    stall_ended: Time,
+    depth: f64,
 }
 
 impl Worker {
@@ -97,8 +150,11 @@ impl Worker {
     /// Requests in flight it may hold.
     fn bound(&self) -> usize {
         let t = self.threads;
+        if self.depth > 0.0 {
+            return ((t as f64) * self.depth).ceil() as usize;
+        }
         let extra = match self.latency.get() {
-            Some(l) if l > 0.0 => ((t as f64) * ROUND_TRIP.as_secs_f64() / l).ceil() as usize,
+            Some(l) => ((t as f64) * ROUND_TRIP.as_secs_f64() / l.max(1e-6)).ceil() as usize,
             _ => t,
         };
         t + extra.clamp(1, t * (MAX_DEPTH - 1))
@@ -123,21 +179,7 @@ impl Worker {
         self.in_pool() && self.in_flight < self.bound() && !self.stalled(now)
     }
 
-    /// How much slower than the pool it is (in log terms), faded by age.
-    fn deviation(&self, reference: f64, now: Time) -> f64 {
-        let Some(s) = self.slowness.get() else {
-            return 0.0;
-        };
-        let age = now.saturating_sub(self.slowness_at).as_secs_f64();
-        (s - reference) * 0.5f64.powf(age / SLOW_HALF_LIFE.as_secs_f64())
-    }
-
-    /// Divisor of its scores: 1 unless clearly slower than the pool.
-    fn penalty(&self, reference: f64, now: Time) -> f64 {
-        (self.deviation(reference, now).exp() / SLOW_BAND).max(1.0)
-    }
-
-    /// Divisor of its scores for the requests it already has.
+    /// How much longer a request waits there for the ones it has.
     fn load(&self) -> f64 {
         ((self.in_flight + 1) as f64 / self.threads as f64).max(1.0)
     }
@@ -162,8 +204,8 @@ fn rendezvous(class: &str, name: &str, weight: f64) -> f64 {
 
 #[derive(Debug, Default)]
 struct Class {
-    /// Slots of the workers in the pool skilled at it, with their scores.
-    skilled: Vec<(usize, f64)>,
+    /// The workers in the pool that know the class.
+    skills: Vec<Skill>,
     /// The two workers ranking first for it, for `homes_gen`.
     homes: [Option<usize>; 2],
     homes_gen: u64,
@@ -181,15 +223,14 @@ pub struct ResumePool {
     gen: u64,
     pool: Backlog,
     worker_decay: f64,
-    /// Latency of requests sent to workers not skilled at their class.
+    /// Latency of a class's first request at a worker not skilled at it.
     cold: Ewma,
-    /// The pool's typical slowness (mean over its workers).
-    reference: f64,
-    reference_at: Option<Time>,
+    placements: Placements,
     /// The latest time seen.
     now: Time,
     /// Workers in the pool.
     members: usize,
+    tuning: Tuning,
 }
 
 impl ResumePool {
@@ -204,10 +245,10 @@ impl ResumePool {
             pool: Backlog::default(),
             worker_decay: 0.0,
             cold: Ewma::default(),
-            reference: 0.0,
-            reference_at: None,
+            placements: Placements::default(),
             now: Duration::ZERO,
             members: 0,
+            tuning: Tuning::from_env(),
         };
         p.update_settings(&settings);
         p
@@ -221,6 +262,10 @@ impl ResumePool {
         self.slots[slot].as_mut().expect("slot in use")
     }
 
+    fn cold_latency(&self) -> f64 {
+        self.cold.get().unwrap_or(DEFAULT_COLD.as_secs_f64())
+    }
+
     fn slot_of(&mut self, id: WorkerId) -> usize {
         if let Some(&s) = self.by_id.get(&id) {
             return s;
@@ -231,14 +276,12 @@ impl ResumePool {
             threads: 1,
             in_flight: 0,
             place: Place::Gone,
-            skills: Resume::new(),
-            lent: Default::default(),
+            classes: HashSet::new(),
+            resume_size: 0,
             backlog: Backlog::default(),
             latency: Ewma::default(),
-            slowness: Ewma::default(),
-            slowness_at: Duration::ZERO,
             progress_at: self.now,
-            stall_ended: Duration::ZERO,
+            depth: self.tuning.depth,
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {
@@ -254,39 +297,47 @@ impl ResumePool {
         slot
     }
 
-    /// Take the worker's skills out of the class index.
-    fn unindex(&mut self, slot: usize) {
-        let classes: Vec<String> = self.w(slot).skills.keys().cloned().collect();
+    /// Drop every skill of the worker.
+    fn forget_skills(&mut self, slot: usize) {
+        let classes = std::mem::take(&mut self.w_mut(slot).classes);
         for class in classes {
-            if let Some(c) = self.classes.get_mut(&class) {
-                c.skilled.retain(|&(s, _)| s != slot);
-                if c.skilled.is_empty() {
-                    self.classes.remove(&class);
-                }
+            self.drop_skill(&class, slot);
+        }
+    }
+
+    fn drop_skill(&mut self, class: &str, slot: usize) {
+        if let Some(c) = self.classes.get_mut(class) {
+            c.skills.retain(|s| s.slot != slot);
+            if c.skills.is_empty() {
+                self.classes.remove(class);
             }
         }
     }
 
-    fn index(&mut self, slot: usize) {
-        let skills: Vec<(String, f64)> = self
-            .w(slot)
-            .skills
-            .iter()
-            .filter(|(_, &s)| s > 0.0)
-            .map(|(c, &s)| (c.clone(), s))
-            .collect();
-        for (class, score) in skills {
-            self.classes
-                .entry(class)
-                .or_default()
-                .skilled
-                .push((slot, score));
+    fn add_skill(&mut self, class: &str, slot: usize, score: f64, lent: bool) {
+        let skill = Skill {
+            slot,
+            score,
+            lent,
+            latency: Ewma::default(),
+            latency_at: self.now,
+        };
+        match self.classes.get_mut(class) {
+            Some(c) => c.skills.push(skill),
+            None => {
+                let c = Class {
+                    skills: vec![skill],
+                    ..Class::default()
+                };
+                self.classes.insert(class.to_string(), c);
+            }
         }
+        self.w_mut(slot).classes.insert(class.to_string());
     }
 
     fn leave(&mut self, slot: usize, place: Place) {
         if self.w(slot).in_pool() {
-            self.unindex(slot);
+            self.forget_skills(slot);
             self.gen += 1;
             self.members -= 1;
         }
@@ -303,7 +354,8 @@ impl ResumePool {
         }
     }
 
-    /// The two in-pool workers ranking first for `class`.
+    /// The two in-pool workers ranking first for `class` (`class` is
+    /// known).
     fn homes(&mut self, class: &str) -> [Option<usize>; 2] {
         if let Some(c) = self.classes.get(class) {
             if c.homes_gen == self.gen {
@@ -331,7 +383,8 @@ impl ResumePool {
         homes
     }
 
-    /// The free worker ranking first for `class`, cold ones before busy.
+    /// The free worker ranking first for `class`, those with an idle
+    /// thread before busy ones.
     fn first_free(&self, class: &str, now: Time) -> Option<usize> {
         let mut best: Option<(bool, f64, usize)> = None;
         for (slot, w) in self.slots.iter().enumerate() {
@@ -339,26 +392,19 @@ impl ResumePool {
                 continue;
             };
             let key = (w.cold(), rendezvous(class, &w.name, w.threads as f64));
-            if best.is_none_or(|(c, r, _)| (key.0, key.1) > (c, r)) {
+            if best.is_none_or(|(c, r, _)| key > (c, r)) {
                 best = Some((key.0, key.1, slot));
             }
         }
         best.map(|b| b.2)
     }
 
-    /// Lend `class` to the worker at `score` until its résumé names it.
+    /// The worker takes `class` without a résumé entry for it, counting as
+    /// `score` at it until its résumé names it.
     fn lend(&mut self, slot: usize, class: &str, score: f64) {
-        let w = self.w_mut(slot);
-        if score <= 0.0 || w.skills.contains_key(class) {
-            return;
+        if !self.w(slot).classes.contains(class) {
+            self.add_skill(class, slot, score.max(f64::MIN_POSITIVE), true);
         }
-        w.skills.insert(class.to_string(), score);
-        w.lent.insert(class.to_string());
-        self.classes
-            .entry(class.to_string())
-            .or_default()
-            .skilled
-            .push((slot, score));
     }
 
     fn take(&mut self, slot: usize, now: Time) -> WorkerId {
@@ -371,62 +417,54 @@ impl ResumePool {
         w.backlog.backlog += 1;
         w.backlog.bump(worker_decay);
         let id = w.id;
-        let n = self.len().max(1);
-        let decay = 1.0 - 1.0 / (2.0 * self.settings.backlog_history as f64 * n as f64);
+        let decay = self.pool_decay();
         self.pool.backlog += 1;
         self.pool.bump(decay);
         id
     }
 
-    fn best_score(&self, class: &str) -> f64 {
-        self.classes.get(class).map_or(0.0, |c| {
-            c.skilled.iter().map(|&(_, s)| s).fold(0.0_f64, f64::max)
-        })
-    }
-
-    fn update_reference(&mut self, now: Time) {
-        if self
-            .reference_at
-            .is_some_and(|t| now.saturating_sub(t) < Duration::from_millis(100))
-        {
-            return;
-        }
-        let (mut sum, mut n) = (0.0, 0usize);
-        for w in self.slots.iter().flatten().filter(|w| w.in_pool()) {
-            if let Some(s) = w.slowness.get() {
-                sum += s;
-                n += 1;
-            }
-        }
-        if n > 0 {
-            self.reference = sum / n as f64;
-        }
-        self.reference_at = Some(now);
+    fn pool_decay(&self) -> f64 {
+        let n = self.members.max(1) as f64;
+        1.0 - 1.0 / (2.0 * self.settings.backlog_history as f64 * n)
     }
 }
 
 impl Pool for ResumePool {
     fn new_resume(&mut self, w: WorkerId, resume: Resume) {
         let slot = self.slot_of(w);
-        if self.w(slot).in_pool() {
-            self.unindex(slot);
-        } else {
+        if !self.w(slot).in_pool() {
             self.gen += 1;
             self.members += 1;
+            self.w_mut(slot).place = Place::InPool;
         }
-        let worker = self.w_mut(slot);
-        // Lent classes the résumé does not name yet stay lent.
-        let lent: Vec<(String, f64)> = worker
-            .lent
-            .iter()
-            .filter(|c| !resume.contains_key(*c))
-            .filter_map(|c| worker.skills.get(c).map(|&s| (c.clone(), s)))
-            .collect();
-        worker.lent = lent.iter().map(|(c, _)| c.clone()).collect();
-        worker.skills = resume;
-        worker.skills.extend(lent);
-        worker.place = Place::InPool;
-        self.index(slot);
+        // The résumé's scores replace the known ones; lent classes it does
+        // not name yet stay lent.
+        let known: Vec<String> = self.w(slot).classes.iter().cloned().collect();
+        for class in known {
+            let score = resume.get(&class).copied().filter(|&s| s > 0.0);
+            let mut gone = false;
+            if let Some(c) = self.classes.get_mut(&class) {
+                if let Some(s) = c.skills.iter_mut().find(|s| s.slot == slot) {
+                    match score {
+                        Some(score) => {
+                            s.score = score;
+                            s.lent = false;
+                        }
+                        None => gone = !s.lent,
+                    }
+                }
+            }
+            if gone {
+                self.drop_skill(&class, slot);
+                self.w_mut(slot).classes.remove(&class);
+            }
+        }
+        for (class, &score) in &resume {
+            if score > 0.0 && !self.w(slot).classes.contains(class) {
+                self.add_skill(class, slot, score, false);
+            }
+        }
+        self.w_mut(slot).resume_size = resume.len();
     }
 
     fn remove(&mut self, w: WorkerId) {
@@ -454,62 +492,51 @@ impl Pool for ResumePool {
     fn get(&mut self, ask: &Ask) -> Option<WorkerId> {
         let now = ask.now.max(self.now);
         self.now = now;
-        let reference = self.reference;
-        let mut best: Option<(f64, f64, usize)> = None;
-        let mut skilled = false;
-        let mut best_score = 0.0_f64;
-        if let Some(c) = self.classes.get(ask.class) {
-            for &(slot, score) in &c.skilled {
-                let w = self.w(slot);
-                skilled = true;
-                best_score = best_score.max(score);
-                if !w.free(now) {
-                    continue;
-                }
-                let eff = score / w.penalty(reference, now) / w.load();
-                let rank = rendezvous(ask.class, &w.name, w.threads as f64);
-                if best.is_none_or(|(e, r, _)| eff > e || (eff == e && rank > r)) {
-                    best = Some((eff, rank, slot));
-                }
-            }
-        }
-        if let Some((_, _, slot)) = best {
-            if self.w(slot).cold() {
-                return Some(self.take(slot, now));
-            }
-        }
-        if !skilled {
+        let Some(c) = self.classes.get(ask.class) else {
             // A new class: the first-ranked worker that can take it.
             let slot = self.first_free(ask.class, now)?;
-            let u = self.settings.unskilled_score;
-            self.lend(slot, ask.class, u.max(f64::MIN_POSITIVE));
+            self.lend(slot, ask.class, self.settings.unskilled_score);
+            self.placements.new += 1;
             return Some(self.take(slot, now));
-        }
-        // Its skilled workers are busy: a home of the class with an idle
-        // thread takes it.
-        for home in self.homes(ask.class).into_iter().flatten() {
-            let w = self.w(home);
-            if w.cold() && w.free(now) && !w.skills.contains_key(ask.class) {
-                self.lend(home, ask.class, best_score * LENT_SHARE);
-                return Some(self.take(home, now));
+        };
+        let fastest = c
+            .skills
+            .iter()
+            .filter_map(|s| s.measured(now))
+            .fold(f64::INFINITY, f64::min);
+        let veto = fastest * self.tuning.veto;
+        // The free skilled worker with the best score for what it has in
+        // flight: (effectiveness, rank, slot).
+        let mut best: Option<(f64, f64, usize)> = None;
+        let mut best_score = 0.0_f64;
+        for s in &c.skills {
+            best_score = best_score.max(s.score);
+            let w = self.w(s.slot);
+            if !w.free(now) || s.measured(now).is_some_and(|m| m > veto) {
+                continue;
+            }
+            let eff = s.score / w.load();
+            let rank = rendezvous(ask.class, &w.name, w.threads as f64);
+            if best.is_none_or(|(e, r, _)| eff > e || (eff == e && rank > r)) {
+                best = Some((eff, rank, s.slot));
             }
         }
         if let Some((_, _, slot)) = best {
+            self.placements.skilled += 1;
             return Some(self.take(slot, now));
         }
         if ask.waited < self.spill_after(ask.class).unwrap_or(Duration::ZERO) {
             return None;
         }
         let slot = self.first_free(ask.class, now)?;
-        self.lend(slot, ask.class, best_score * LENT_SHARE);
+        self.lend(slot, ask.class, best_score * self.tuning.lent);
+        self.placements.spilled += 1;
         Some(self.take(slot, now))
     }
 
     fn spill_after(&self, class: &str) -> Option<Duration> {
-        if self.best_score(class) <= 0.0 {
-            return None;
-        }
-        let cold = self.cold.get().unwrap_or(0.0);
+        self.classes.get(class)?;
+        let cold = self.cold_latency() * self.tuning.spill_factor;
         Some(Duration::from_secs_f64(cold.min(3600.0)).clamp(MIN_SPILL, MAX_SPILL))
     }
 
@@ -528,43 +555,32 @@ impl Pool for ResumePool {
         }
         let now = done.now.max(self.now);
         self.now = now;
-        let n = self.len().max(1);
-        let decay = 1.0 - 1.0 / (2.0 * self.settings.backlog_history as f64 * n as f64);
+        let decay = self.pool_decay();
         self.pool.backlog -= 1;
         self.pool.bump(decay);
         let worker_decay = self.worker_decay;
-        let reference = self.reference;
         let worker = self.w_mut(slot);
-        if worker.stalled(now) {
-            worker.stall_ended = now;
-        }
         worker.progress_at = now;
         worker.in_flight -= 1;
         worker.backlog.backlog -= 1;
         worker.backlog.bump(worker_decay);
-        let mut cold_sample = None;
-        if let Some(latency) = done.latency {
-            let secs = latency.as_secs_f64().max(1e-6);
-            if now.saturating_sub(latency) >= worker.stall_ended {
-                worker.latency.add(secs);
-                match worker.skills.get(done.class) {
-                    Some(&score) if !worker.lent.contains(done.class) => {
-                        // Fade what is known to now, then add the sample.
-                        let faded = reference + worker.deviation(reference, now);
-                        if worker.slowness.get().is_some() {
-                            worker.slowness.value = faded;
-                        }
-                        worker.slowness.add((secs * score).ln().clamp(-20.0, 7.0));
-                        worker.slowness_at = now;
-                    }
-                    _ => cold_sample = Some(secs),
-                }
+        let sample = done.latency.map(|l| l.as_secs_f64().max(1e-6));
+        if let Some(secs) = sample {
+            worker.latency.add(secs);
+            let skill = self
+                .classes
+                .get_mut(done.class)
+                .and_then(|c| c.skills.iter_mut().find(|s| s.slot == slot));
+            let mut cold = false;
+            if let Some(s) = skill {
+                cold = s.lent && s.latency.get().is_none();
+                s.latency.add(secs);
+                s.latency_at = now;
+            }
+            if cold {
+                self.cold.add(secs);
             }
         }
-        if let Some(s) = cold_sample {
-            self.cold.add(s);
-        }
-        self.update_reference(now);
         self.forget_if_done(slot);
     }
 
@@ -594,6 +610,7 @@ impl Pool for ResumePool {
             backlog: self.pool.backlog,
             mean_backlog: self.pool.mbacklog,
             workers,
+            placements: self.placements,
         }
     }
 
@@ -608,6 +625,6 @@ fn status_of(w: &Worker) -> WorkerStatus {
         id: w.id,
         backlog: w.backlog.backlog,
         mean_backlog: w.backlog.mbacklog,
-        resume_size: w.skills.len(),
+        resume_size: w.classes.len(),
     }
 }
