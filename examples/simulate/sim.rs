@@ -39,6 +39,10 @@ use crate::workload::{half_normal, Zipf};
 const DEAD_WORKER: Duration = Duration::from_secs(10);
 /// How often an LB tries to reconnect to a worker it lost.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// An LB that hears nothing from a worker with requests in flight for this
+/// long holds it out of the pool and sends its requests elsewhere (the
+/// LB's `silent_worker`).
+const SILENT: Duration = Duration::from_secs(2);
 
 /// What requests ask for.
 #[derive(Debug, Clone)]
@@ -169,6 +173,8 @@ enum Event {
     Fault(usize),
     /// The dead-worker timeout of (lb, worker, generation) may have come.
     DeadCheck(usize, usize, u64),
+    /// The silent-worker time of (lb, worker, generation) may have come.
+    SilentCheck(usize, usize, u64),
     /// An LB tries to connect to a worker.
     Connect(usize, usize),
 }
@@ -209,6 +215,8 @@ struct Link {
     generation: u64,
     /// Heard from last (a stopped worker is silent).
     heard: Ns,
+    /// Held out of the pool for its silence.
+    silent: bool,
 }
 
 struct Lb {
@@ -484,6 +492,7 @@ impl Sim {
             }
             Event::Fault(i) => self.fault(self.cfg.faults[i].1),
             Event::DeadCheck(lb, w, generation) => self.dead_check(lb, w, generation),
+            Event::SilentCheck(lb, w, generation) => self.silent_check(lb, w, generation),
             Event::Connect(lb, w) => self.connect(lb, w),
         }
     }
@@ -674,6 +683,8 @@ impl Sim {
                     let generation = self.lbs[lb].links[w].generation;
                     let at = self.now + ns(DEAD_WORKER);
                     self.at(at, Event::DeadCheck(lb, w, generation));
+                    let at = self.now + ns(SILENT);
+                    self.at(at, Event::SilentCheck(lb, w, generation));
                 }
             }
             Fault::Cont(w) => {
@@ -683,6 +694,7 @@ impl Sim {
                     }
                     for lb in 0..self.lbs.len() {
                         self.lbs[lb].links[w].heard = self.now;
+                        self.speaks(lb, w);
                     }
                 }
             }
@@ -706,9 +718,8 @@ impl Sim {
             return;
         }
         let id = self.lbs[lb].links[w].id.take().expect("connected");
-        let lost: Vec<usize> = (0..self.reqs.len())
-            .filter(|&c| self.reqs[c].lb == lb && self.reqs[c].worker == Some((w, generation)))
-            .collect();
+        self.lbs[lb].links[w].silent = false;
+        let lost = self.on_worker(lb, w, generation);
         let now = self.pool_time();
         for &conn in &lost {
             let class = self.classes[self.reqs[conn].class].clone();
@@ -724,6 +735,61 @@ impl Sim {
             self.dispatch(lb, conn);
         }
         self.at(self.now + ns(RECONNECT), Event::Connect(lb, w));
+    }
+
+    /// The requests of (lb, worker, generation) on it now.
+    fn on_worker(&self, lb: usize, w: usize, generation: u64) -> Vec<usize> {
+        (0..self.reqs.len())
+            .filter(|&c| self.reqs[c].lb == lb && self.reqs[c].worker == Some((w, generation)))
+            .collect()
+    }
+
+    /// Silent with requests in flight: out of the pool, and its requests
+    /// go elsewhere (they are all GETs that have no response yet).
+    fn silent_check(&mut self, lb: usize, w: usize, generation: u64) {
+        if !self.connected(lb, w, generation) || self.workers[w].stopped.is_none() {
+            return;
+        }
+        let link = &mut self.lbs[lb].links[w];
+        if link.silent {
+            return;
+        }
+        let silent = self.now - link.heard;
+        if silent < ns(SILENT) {
+            let at = self.now + ns(SILENT) - silent;
+            self.at(at, Event::SilentCheck(lb, w, generation));
+            return;
+        }
+        link.silent = true;
+        let id = link.id.expect("connected");
+        let moved = self.on_worker(lb, w, generation);
+        let now = self.pool_time();
+        self.lbs[lb].balancer.remove(id);
+        for conn in moved {
+            let class = self.classes[self.reqs[conn].class].clone();
+            self.lbs[lb]
+                .balancer
+                .put(id, &Done::without_sample(&class, now));
+            self.reqs[conn].worker = None;
+            self.reqs[conn].attempt += 1;
+            self.dispatch(lb, conn);
+        }
+    }
+
+    /// A silent worker is heard again: back into the pool.
+    fn speaks(&mut self, lb: usize, w: usize) {
+        let link = &mut self.lbs[lb].links[w];
+        if !link.silent {
+            return;
+        }
+        link.silent = false;
+        if let Some(id) = link.id {
+            let (name, threads) = (self.workers[w].name.clone(), self.workers[w].threads);
+            let resume = self.workers[w].tracker.resume();
+            self.lbs[lb].balancer.describe(id, &name, threads);
+            self.lbs[lb].balancer.new_resume(id, None, resume);
+            self.serve(lb);
+        }
     }
 
     fn connect(&mut self, lb: usize, w: usize) {

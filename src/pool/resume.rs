@@ -34,10 +34,21 @@ const LENT_SHARE: f64 = 0.5;
 /// than this many times another worker's at the same class gets no more
 /// of its requests while others can take them …
 const VETO_FACTOR: f64 = 4.0;
-/// … once both have this many samples …
+/// … once both have this many samples; while it has fewer than
+/// `WARM_SAMPLES` (a worker new to a class is slow while its cache warms),
+/// only past this many times the cost of a cold request …
 const VETO_SAMPLES: u32 = 3;
+const WARM_SAMPLES: u32 = 20;
 /// … until its measure is this old (then one request tries it again).
 const VETO_AGE: Duration = Duration::from_secs(5);
+/// A worker with little to do (requests in flight per thread, averaged
+/// over `UTILIZATION_TIME`, under `IDLE` times the pool's mean) takes over a class it ranks
+/// first or second for when that class's requests wait for its skilled
+/// workers: one class every `TAKE_OVER_EVERY`, so that a new or recovered
+/// worker gets work within seconds.
+const IDLE: f64 = 0.5;
+const UTILIZATION_TIME: Duration = Duration::from_secs(1);
+const TAKE_OVER_EVERY: Duration = Duration::from_millis(500);
 /// Weight of one sample in the latency averages.
 const ALPHA: f64 = 0.1;
 /// The cost of a cold request before one is measured.
@@ -64,7 +75,7 @@ impl Tuning {
             depth: f("RLB_DEPTH", 0.0),
             lent: f("RLB_LENT", LENT_SHARE),
             veto: f("RLB_VETO", VETO_FACTOR),
-            spill_factor: f("RLB_SPILL", 1.0),
+            spill_factor: f("RLB_SPILL", 4.0),
         }
     }
 }
@@ -115,9 +126,9 @@ struct Skill {
 }
 
 impl Skill {
-    /// Its measured latency, if it has enough fresh samples to compare.
-    fn measured(&self, now: Time) -> Option<f64> {
-        (self.latency.samples >= VETO_SAMPLES && now.saturating_sub(self.latency_at) < VETO_AGE)
+    /// Its measured latency, if it has `samples` and is fresh.
+    fn measured(&self, samples: u32, now: Time) -> Option<f64> {
+        (self.latency.samples >= samples && now.saturating_sub(self.latency_at) < VETO_AGE)
             .then_some(self.latency.value)
     }
 }
@@ -139,6 +150,14 @@ struct Worker {
     latency: Ewma,
     /// When it last finished a request, or got one while idle.
     progress_at: Time,
+    /// Requests in flight per thread, averaged over time, as of `util_at`.
+    util: f64,
+    util_at: Time,
+    /// When it last took over a class.
+    took_over_at: Option<Time>,
+    /// When it was last passed over for being slower than another worker
+    /// at a class: it takes over no class, nor spilled requests, for a while.
+    vetoed_at: Option<Time>,
     depth: f64,
 }
 
@@ -177,6 +196,38 @@ impl Worker {
     /// Can take a request now.
     fn free(&self, now: Time) -> bool {
         self.in_pool() && self.in_flight < self.bound() && !self.stalled(now)
+    }
+
+    /// Its utilization, brought up to `now`.
+    fn utilization(&self, now: Time) -> f64 {
+        let dt = now.saturating_sub(self.util_at).as_secs_f64();
+        let keep = (-dt / UTILIZATION_TIME.as_secs_f64()).exp();
+        let current = self.in_flight as f64 / self.threads as f64;
+        self.util * keep + current * (1.0 - keep)
+    }
+
+    /// Bring the utilization up to `now` before `in_flight` changes.
+    fn touch(&mut self, now: Time) {
+        self.util = self.utilization(now);
+        self.util_at = now;
+    }
+
+    /// Has little to do, against the pool's mean `utilization`, and has
+    /// not taken over a class just now.
+    fn may_take_over(&self, utilization: f64, now: Time) -> bool {
+        self.cold()
+            && self.free(now)
+            && !self.slow(now)
+            && self.utilization(now) < IDLE * utilization
+            && self
+                .took_over_at
+                .is_none_or(|t| now.saturating_sub(t) >= TAKE_OVER_EVERY)
+    }
+
+    /// Was slower than another worker at a class not long ago.
+    fn slow(&self, now: Time) -> bool {
+        self.vetoed_at
+            .is_some_and(|t| now.saturating_sub(t) < 2 * VETO_AGE)
     }
 
     /// How much longer a request waits there for the ones it has.
@@ -230,6 +281,9 @@ pub struct ResumePool {
     now: Time,
     /// Workers in the pool.
     members: usize,
+    /// The mean utilization of the workers in the pool, and when computed.
+    utilization: f64,
+    utilization_at: Option<Time>,
     tuning: Tuning,
 }
 
@@ -248,6 +302,8 @@ impl ResumePool {
             placements: Placements::default(),
             now: Duration::ZERO,
             members: 0,
+            utilization: 0.0,
+            utilization_at: None,
             tuning: Tuning::from_env(),
         };
         p.update_settings(&settings);
@@ -281,6 +337,10 @@ impl ResumePool {
             backlog: Backlog::default(),
             latency: Ewma::default(),
             progress_at: self.now,
+            util: 0.0,
+            util_at: self.now,
+            took_over_at: None,
+            vetoed_at: None,
             depth: self.tuning.depth,
         };
         let slot = match self.free_slots.pop() {
@@ -383,16 +443,17 @@ impl ResumePool {
         homes
     }
 
-    /// The free worker ranking first for `class`, those with an idle
-    /// thread before busy ones.
+    /// The free worker ranking first for `class`, workers found slow
+    /// lately after the others: the same on every LB while the same
+    /// workers are free.
     fn first_free(&self, class: &str, now: Time) -> Option<usize> {
         let mut best: Option<(bool, f64, usize)> = None;
         for (slot, w) in self.slots.iter().enumerate() {
             let Some(w) = w.as_ref().filter(|w| w.free(now)) else {
                 continue;
             };
-            let key = (w.cold(), rendezvous(class, &w.name, w.threads as f64));
-            if best.is_none_or(|(c, r, _)| key > (c, r)) {
+            let key = (!w.slow(now), rendezvous(class, &w.name, w.threads as f64));
+            if best.is_none_or(|(f, r, _)| key > (f, r)) {
                 best = Some((key.0, key.1, slot));
             }
         }
@@ -407,12 +468,25 @@ impl ResumePool {
         }
     }
 
+    /// A request goes to measure the worker at the class again: its old
+    /// measure counts as fresh until the request's own arrives.
+    fn measuring(&mut self, class: &str, slot: usize, now: Time) {
+        let skill = self
+            .classes
+            .get_mut(class)
+            .and_then(|c| c.skills.iter_mut().find(|s| s.slot == slot));
+        if let Some(s) = skill {
+            s.latency_at = now;
+        }
+    }
+
     fn take(&mut self, slot: usize, now: Time) -> WorkerId {
         let worker_decay = self.worker_decay;
         let w = self.w_mut(slot);
         if w.in_flight == 0 {
             w.progress_at = now;
         }
+        w.touch(now);
         w.in_flight += 1;
         w.backlog.backlog += 1;
         w.backlog.bump(worker_decay);
@@ -421,6 +495,23 @@ impl ResumePool {
         self.pool.backlog += 1;
         self.pool.bump(decay);
         id
+    }
+
+    /// Recompute the mean utilization, at most every 100 ms.
+    fn update_utilization(&mut self, now: Time) {
+        if self
+            .utilization_at
+            .is_some_and(|t| now.saturating_sub(t) < Duration::from_millis(100))
+        {
+            return;
+        }
+        let (mut sum, mut n) = (0.0, 0usize);
+        for w in self.slots.iter().flatten().filter(|w| w.in_pool()) {
+            sum += w.utilization(now);
+            n += 1;
+        }
+        self.utilization = sum / n.max(1) as f64;
+        self.utilization_at = Some(now);
     }
 
     fn pool_decay(&self) -> f64 {
@@ -502,34 +593,67 @@ impl Pool for ResumePool {
         let fastest = c
             .skills
             .iter()
-            .filter_map(|s| s.measured(now))
+            .filter_map(|s| s.measured(VETO_SAMPLES, now))
             .fold(f64::INFINITY, f64::min);
         let veto = fastest * self.tuning.veto;
+        let veto_warming = fastest.max(self.cold_latency()) * self.tuning.veto;
         // The free skilled worker with the best score for what it has in
         // flight: (effectiveness, rank, slot).
-        let mut best: Option<(f64, f64, usize)> = None;
+        let mut best: Option<(f64, f64, usize, bool)> = None;
         let mut best_score = 0.0_f64;
+        let mut vetoed: Vec<usize> = Vec::new();
         for s in &c.skills {
             best_score = best_score.max(s.score);
             let w = self.w(s.slot);
-            if !w.free(now) || s.measured(now).is_some_and(|m| m > veto) {
+            let limit = if s.latency.samples < WARM_SAMPLES {
+                veto_warming
+            } else {
+                veto
+            };
+            if s.measured(VETO_SAMPLES, now).is_some_and(|m| m > limit) {
+                vetoed.push(s.slot);
                 continue;
             }
+            if !w.free(now) {
+                continue;
+            }
+            // A worker whose measure went stale while it was slower than
+            // another gets one request to measure it again.
+            let probe = s.latency.samples >= VETO_SAMPLES && s.latency.value > limit;
             let eff = s.score / w.load();
             let rank = rendezvous(ask.class, &w.name, w.threads as f64);
-            if best.is_none_or(|(e, r, _)| eff > e || (eff == e && rank > r)) {
-                best = Some((eff, rank, s.slot));
+            if best.is_none_or(|(e, r, _, _)| eff > e || (eff == e && rank > r)) {
+                best = Some((eff, rank, s.slot, probe));
             }
         }
-        if let Some((_, _, slot)) = best {
+        for slot in vetoed {
+            self.w_mut(slot).vetoed_at = Some(now);
+        }
+        if let Some((_, _, slot, probe)) = best {
+            if probe {
+                self.measuring(ask.class, slot, now);
+            }
             self.placements.skilled += 1;
             return Some(self.take(slot, now));
+        }
+        // Its skilled workers are all busy: an idle home of the class
+        // takes it over.
+        let lent = best_score * self.tuning.lent;
+        for home in self.homes(ask.class).into_iter().flatten() {
+            let w = self.w(home);
+            if !w.classes.contains(ask.class) && w.may_take_over(self.utilization, now) {
+                self.w_mut(home).took_over_at = Some(now);
+                // As good as the best: it has the threads to spare.
+                self.lend(home, ask.class, best_score);
+                self.placements.moved += 1;
+                return Some(self.take(home, now));
+            }
         }
         if ask.waited < self.spill_after(ask.class).unwrap_or(Duration::ZERO) {
             return None;
         }
         let slot = self.first_free(ask.class, now)?;
-        self.lend(slot, ask.class, best_score * self.tuning.lent);
+        self.lend(slot, ask.class, lent);
         self.placements.spilled += 1;
         Some(self.take(slot, now))
     }
@@ -561,6 +685,7 @@ impl Pool for ResumePool {
         let worker_decay = self.worker_decay;
         let worker = self.w_mut(slot);
         worker.progress_at = now;
+        worker.touch(now);
         worker.in_flight -= 1;
         worker.backlog.backlog -= 1;
         worker.backlog.bump(worker_decay);
@@ -581,6 +706,7 @@ impl Pool for ResumePool {
                 self.cold.add(secs);
             }
         }
+        self.update_utilization(now);
         self.forget_if_done(slot);
     }
 
