@@ -1,15 +1,18 @@
 //! `make faults`: what a failing, slow or hung worker does to the clients,
-//! with each pool. Three workers behind one LB on loopback, 8 keep-alive
-//! connections over 10 request classes; for each fault a phase before it,
-//! one right after it (0–4 s) and one later (4–8 s):
+//! with the default pool (`resume`) and the original's (`classic`). Three
+//! workers behind one LB on loopback, 8 keep-alive connections over 10
+//! request classes; for each fault a phase before it, one right after it
+//! (0–5 s) and one later (5–10 s):
 //!
 //! - app down: the HTTP application behind one `upstream` worker is killed;
 //! - slow app: one application becomes 40 times slower (5 ms → 200 ms);
-//! - hung worker: one `demo` worker is stopped with SIGSTOP.
+//! - hung worker: one `demo` worker is stopped with SIGSTOP, then goes on
+//!   (SIGCONT) and two more phases follow (0–5 s and 5–10 s after).
 //!
-//! Prints requests/s, the share of failed (non-200) requests, p50/p99 and
-//! the requests that took over a second. Figures, not assertions.
-//! FAULT_SECONDS sets the phase length (default 4).
+//! Prints requests/s, the share of failed (non-200) requests, p50/p99, the
+//! share of requests that took over a second, and (demo workers) the share
+//! of requests the faulty worker served. Figures, not assertions.
+//! FAULT_SECONDS sets the phase length (default 5).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use resumelb::loadgen::{bin_dir, die_with_parent, run, spawn, LoadResult, LoadSpec, Rng, Spawned};
 
-const POOLS: [&str; 2] = ["resume", "adaptive"];
+const POOLS: [&str; 2] = ["resume", "classic"];
 const WORKERS: usize = 3;
 
 /// tests/wsgi_app.py under waitress (the virtualenv `make deps` makes).
@@ -74,21 +77,36 @@ fn load(lb: SocketAddr, seconds: u64, path: &'static str) -> std::io::Result<Loa
     })
 }
 
-fn row(fault: &str, pool: &str, phase: &str, r: &LoadResult) {
+/// One phase's line; `faulty`: the faulty worker's port, when its
+/// responses name it (demo workers).
+fn row(fault: &str, pool: &str, phase: &str, r: &LoadResult, faulty: Option<u16>) {
     let all = r.requests + r.errors;
-    let failed = if all == 0 {
-        0.0
-    } else {
-        100.0 * r.errors as f64 / all as f64
+    let pct = |n: u64| {
+        if all == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / all as f64
+        }
     };
-    let slow = r.latencies.iter().filter(|&&us| us > 1_000_000).count();
+    let slow = r.latencies.iter().filter(|&&us| us > 1_000_000).count() as u64;
+    let share = faulty.map_or("-".to_string(), |port| {
+        let suffix = format!(":{port}");
+        let n: u64 = r
+            .per_worker
+            .iter()
+            .filter(|(w, _)| w.ends_with(&suffix))
+            .map(|(_, n)| n)
+            .sum();
+        format!("{:.1}", 100.0 * n as f64 / r.requests.max(1) as f64)
+    });
     println!(
-        "{fault:<13} {pool:<9} {phase:<12} {:>7.0} {:>6.1} {:>8.2} {:>8.2} {:>5}",
+        "{fault:<13} {pool:<8} {phase:<15} {:>7.0} {:>6.2} {:>8.2} {:>8.2} {:>6.2} {:>7}",
         r.rate(),
-        failed,
+        pct(r.errors),
         r.percentile_ms(50.0),
         r.percentile_ms(99.0),
-        slow
+        pct(slow),
+        share
     );
 }
 
@@ -137,13 +155,21 @@ fn phases(
     lb: SocketAddr,
     path: &'static str,
     secs: u64,
+    faulty: Option<u16>,
     cause: impl FnOnce() -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     load(lb, 2, path)?;
-    row(fault, pool, "before", &load(lb, secs, path)?);
+    row(fault, pool, "before", &load(lb, secs, path)?, faulty);
     cause()?;
-    row(fault, pool, "just after", &load(lb, secs, path)?);
-    row(fault, pool, "later", &load(lb, secs, path)?);
+    row(
+        fault,
+        pool,
+        &format!("0-{secs} s after"),
+        &load(lb, secs, path)?,
+        faulty,
+    );
+    let later = format!("{secs}-{} s after", 2 * secs);
+    row(fault, pool, &later, &load(lb, secs, path)?, faulty);
     Ok(())
 }
 
@@ -158,18 +184,18 @@ fn main() -> std::io::Result<()> {
     let secs: u64 = std::env::var("FAULT_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(5);
     println!(
         "faults: {WORKERS} workers x 4 threads, 8 connections, 10 classes, phases of {secs} s"
     );
     println!(
-        "{:<13} {:<9} {:<12} {:>7} {:>6} {:>8} {:>8} {:>5}",
-        "fault", "pool", "phase", "req/s", "fail%", "p50 ms", "p99 ms", ">1s"
+        "{:<13} {:<8} {:<15} {:>7} {:>6} {:>8} {:>8} {:>6} {:>7}",
+        "fault", "pool", "phase", "req/s", "fail%", "p50 ms", "p99 ms", ">1s %", "faulty%"
     );
     for pool in POOLS {
         // The application behind one worker dies.
         let (mut apps, workers, front) = upstream_front(&bins, pool)?;
-        phases("app down", pool, front.addr, "/echo", secs, || {
+        phases("app down", pool, front.addr, "/echo", secs, None, || {
             drop(apps.remove(0));
             Ok(())
         })?;
@@ -177,7 +203,7 @@ fn main() -> std::io::Result<()> {
 
         // One application becomes 40 times slower.
         let (mut apps, workers, front) = upstream_front(&bins, pool)?;
-        phases("slow app", pool, front.addr, "/echo", secs, || {
+        phases("slow app", pool, front.addr, "/echo", secs, None, || {
             let port = apps[0].port;
             drop(apps.remove(0));
             apps.push(start_app(port, 200)?);
@@ -190,11 +216,28 @@ fn main() -> std::io::Result<()> {
             .map(|_| worker(&bins, "demo"))
             .collect::<std::io::Result<_>>()?;
         let front = lb(&bins, pool, &workers)?;
-        phases("hung worker", pool, front.addr, "/1", secs, || {
+        let port = Some(workers[0].addr.port());
+        phases("hung worker", pool, front.addr, "/1", secs, port, || {
             signal(&workers[0].child, "STOP");
             Ok(())
         })?;
         signal(&workers[0].child, "CONT");
+        let phase = format!("0-{secs} s cont.");
+        row(
+            "hung worker",
+            pool,
+            &phase,
+            &load(front.addr, secs, "/1")?,
+            port,
+        );
+        let phase = format!("{secs}-{} s cont.", 2 * secs);
+        row(
+            "hung worker",
+            pool,
+            &phase,
+            &load(front.addr, secs, "/1")?,
+            port,
+        );
         drop((front, workers));
     }
     Ok(())

@@ -60,7 +60,8 @@ pub fn common_options(o: &mut Options) {
     o.optopt(
         "p",
         "pool",
-        "resume (default), classless or adaptive",
+        "resume (default: the résumé pool, bounded by capacity and aware of latency), \
+         classic (the original's résumé pool) or classless",
         "POOL",
     );
     o.optopt(
@@ -103,6 +104,26 @@ pub fn options() -> Options {
         "unskilled-score",
         "score given to a worker for a class it has no résumé entry for (default 1.0)",
         "X",
+    );
+    o.optopt(
+        "",
+        "slow-factor",
+        "résumé pool: a worker this many times slower than another at a class gets no more \
+         of its requests while others can take them (default 4)",
+        "X",
+    );
+    o.optopt(
+        "",
+        "spill-factor",
+        "résumé pool: a request waiting for its class's workers goes to another after this \
+         many times the cost of a cold request (default 4)",
+        "X",
+    );
+    o.optopt(
+        "",
+        "max-depth",
+        "résumé pool: most requests in flight per worker thread (default 8)",
+        "N",
     );
     o.optopt(
         "",
@@ -174,12 +195,25 @@ pub fn parse_args(args: &[String]) -> Result<Option<LbConfig>, CliError> {
         return Err(CliError::Usage("no worker address given".into()));
     }
     let mut cfg = common_config(&m)?;
+    let d = Settings::default();
     let settings = Settings {
         variance: value(&m, "variance", 4.0)?,
         backlog_history: value(&m, "backlog-history", 9)?,
         unskilled_score: value(&m, "unskilled-score", 1.0)?,
+        slow_factor: value(&m, "slow-factor", d.slow_factor)?,
+        spill_factor: value(&m, "spill-factor", d.spill_factor)?,
+        max_depth: value(&m, "max-depth", d.max_depth)?,
         eject_after: value(&m, "eject-after", 5)?,
     };
+    if !(settings.slow_factor > 1.0 && settings.slow_factor.is_finite()) {
+        return Err(CliError::Usage("--slow-factor must be above 1".into()));
+    }
+    if !(settings.spill_factor >= 0.0 && settings.spill_factor.is_finite()) {
+        return Err(CliError::Usage("--spill-factor must be at least 0".into()));
+    }
+    if !(2..=1024).contains(&settings.max_depth) {
+        return Err(CliError::Usage("--max-depth must be from 2 to 1024".into()));
+    }
     if !(settings.variance > 0.0 && settings.variance.is_finite()) {
         return Err(CliError::Usage("--variance must be above 0".into()));
     }

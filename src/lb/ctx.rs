@@ -77,6 +77,9 @@ pub(super) enum Effect {
     Dispatch(ClientKey),
     /// Stop a request on its worker: its client is gone or timed out.
     Cancel(WorkerKey, Rno),
+    /// The worker fell silent: send the request elsewhere if it can be
+    /// sent again (then it is cancelled on the worker).
+    Move(WorkerKey, Rno, ClientKey),
     /// How a request fared on its worker: a gateway failure (true) or not.
     Outcome(WorkerKey, bool),
     /// The worker's response head cannot be passed on (why): log it with

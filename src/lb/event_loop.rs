@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 use mio::{Poll, Token};
 
 use super::clients::{self, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
-use super::ctx::{Ctx, Dirty, Due, Effect};
+use super::ctx::{Ctx, Dirty, Due, Effect, Response};
 use super::report;
 use super::reqbody::BODY_BIT;
 use super::resolver::Resolver;
@@ -130,6 +130,12 @@ impl Loop {
             match effect {
                 Effect::Dispatch(client) => self.dispatch(client),
                 Effect::Cancel(worker, rno) => self.workers.cancel(worker, rno, &mut self.ctx),
+                Effect::Move(worker, rno, client) => {
+                    if self.clients.movable(client, worker, rno) {
+                        self.workers.cancel(worker, rno, &mut self.ctx);
+                        self.clients.response(client, Response::Lost, &mut self.ctx);
+                    }
+                }
                 Effect::Outcome(worker, failed) => {
                     self.workers.outcome(worker, failed, &mut self.ctx)
                 }
@@ -276,10 +282,13 @@ impl Loop {
                 Command::UpdateSettings(s) => {
                     log::info!(
                         "pool settings: variance {}, backlog_history {}, unskilled_score {}, \
-                         eject_after {}",
+                         slow_factor {}, spill_factor {}, max_depth {}, eject_after {}",
                         s.variance,
                         s.backlog_history,
                         s.unskilled_score,
+                        s.slow_factor,
+                        s.spill_factor,
+                        s.max_depth,
                         s.eject_after
                     );
                     self.ctx.balancer.update_settings(&s);

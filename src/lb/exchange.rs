@@ -192,6 +192,15 @@ impl<W: Copy> Exchange<W> {
         }
     }
 
+    /// On `worker` as `rno` with no response head yet, and may be sent
+    /// again.
+    pub(super) fn movable(&self, worker: W, rno: Rno) -> bool
+    where
+        W: PartialEq,
+    {
+        self.phase == (Phase::Sent { worker, rno }) && self.retryable()
+    }
+
     fn retryable(&self) -> bool {
         self.idempotent && self.body_len == 0 && self.attempts < MAX_ATTEMPTS
     }

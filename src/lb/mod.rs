@@ -69,6 +69,11 @@ pub struct LbConfig {
     pub keepalive: Duration,
     /// A worker silent for this long is taken for dead.
     pub dead_worker_timeout: Duration,
+    /// A worker silent for this long with requests in flight is held out
+    /// of the pool until it speaks, and its requests that can be sent
+    /// again go to other workers (a live worker speaks at least every
+    /// second: keep-alives).
+    pub silent_worker: Duration,
     pub reconnect_interval: Duration,
     /// Request bodies over this size are buffered in a temporary file.
     pub spill_threshold: usize,
@@ -101,6 +106,7 @@ impl Default for LbConfig {
             handle_signals: false,
             keepalive: Duration::from_secs(1),
             dead_worker_timeout: Duration::from_secs(10),
+            silent_worker: Duration::from_secs(2),
             reconnect_interval: Duration::from_secs(1),
             spill_threshold: 1 << 20,
             client_mem_cap: 256 * 1024,

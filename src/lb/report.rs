@@ -40,7 +40,11 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
     let now = Instant::now();
     let mut details = serde_json::Map::new();
     for (w, ws) in &shown {
-        let mut d = json!({"resume_size": ws.resume_size, "available": !w.is_unavailable()});
+        let mut d = json!({
+            "resume_size": ws.resume_size,
+            "available": !w.is_unavailable(),
+            "silent": w.is_silent(),
+        });
         if let Some(until) = w.ejected_until() {
             let left = until.saturating_duration_since(now).as_secs_f64();
             d["ejected_for"] = json!((left * 10.0).ceil() / 10.0);
@@ -64,6 +68,8 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
         .map(|(w, _)| json!([w.addr, w.unsent()]))
         .collect();
     let unavailable = shown.iter().filter(|s| s.0.is_unavailable()).count();
+    let silent = shown.iter().filter(|s| s.0.is_silent()).count();
+    let placed = st.placements;
     let ejected = shown
         .iter()
         .filter(|s| s.0.ejected_until().is_some())
@@ -76,6 +82,7 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
         "workers_ex": rows_ex,
         "worker_details": details,
         "unavailable": unavailable,
+        "silent": silent,
         "ejected": ejected,
         "ejections": ctx.counters.ejections,
         "waiting": clients.waiting(),
@@ -84,12 +91,22 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
             "variance": settings.variance,
             "backlog_history": settings.backlog_history,
             "unskilled_score": settings.unskilled_score,
+            "slow_factor": settings.slow_factor,
+            "spill_factor": settings.spill_factor,
+            "max_depth": settings.max_depth,
             "eject_after": settings.eject_after,
         },
         "version": ctx.balancer.current_version(),
         "retries": ctx.counters.retries,
         "bad_gateway": ctx.counters.bad_gateway,
         "spilled_bytes": ctx.counters.spilled_bytes,
+        "pool": ctx.cfg.pool.name(),
+        "placements": {
+            "skilled": placed.skilled,
+            "new": placed.new,
+            "spilled": placed.spilled,
+            "moved": placed.moved,
+        },
     });
     let mut out = doc.to_string().into_bytes();
     out.push(b'\n');
@@ -177,6 +194,30 @@ pub(super) fn metrics_text(ctx: &Ctx, workers: &Workers, clients: &Clients) -> S
             String::new(),
             workers.held_out().filter(|w| w.is_unavailable()).count() as f64,
         )],
+    );
+    family(
+        &mut out,
+        "resumelb_workers_silent",
+        "gauge",
+        "Workers held out of the pool because nothing was heard from them while they had \
+         requests.",
+        &[(
+            String::new(),
+            workers.held_out().filter(|w| w.is_silent()).count() as f64,
+        )],
+    );
+    let placed = st.placements;
+    family(
+        &mut out,
+        "resumelb_pool_placements_total",
+        "counter",
+        "Requests the pool placed, by why their worker was chosen (pools that count them).",
+        &[
+            ("reason=\"skilled\"".to_string(), placed.skilled as f64),
+            ("reason=\"new\"".to_string(), placed.new as f64),
+            ("reason=\"spilled\"".to_string(), placed.spilled as f64),
+            ("reason=\"moved\"".to_string(), placed.moved as f64),
+        ],
     );
     family(
         &mut out,

@@ -17,8 +17,6 @@ use crate::util::intmap::IntMap;
 /// Extra requests in flight a worker may hold beyond its threads: enough to
 /// cover this long a round trip to the LB at its measured latency.
 const ROUND_TRIP: Duration = Duration::from_millis(1);
-/// A worker may hold at most this many times its threads in flight.
-const MAX_DEPTH: usize = 8;
 /// A worker with requests in flight that has finished none for this many
 /// times its usual latency (and at least `MIN_STALL`) takes no new ones.
 const STALL_LATENCIES: f64 = 10.0;
@@ -27,13 +25,12 @@ const MIN_STALL: Duration = Duration::from_millis(100);
 /// most `MAX_SPILL`.
 const MIN_SPILL: Duration = Duration::from_millis(20);
 const MAX_SPILL: Duration = Duration::from_secs(2);
-/// A worker that takes a class its résumé does not name counts as this
-/// share of the class's best score until its résumé names it.
+/// A worker that takes a spilled class its résumé does not name counts as
+/// this share of the class's best score until its résumé names it.
 const LENT_SHARE: f64 = 0.5;
 /// A worker whose latency at a class, as this LB measured it, is more
-/// than this many times another worker's at the same class gets no more
-/// of its requests while others can take them …
-const VETO_FACTOR: f64 = 4.0;
+/// than `slow_factor` times another worker's at the same class gets no
+/// more of its requests while others can take them …
 /// … once both have this many samples; while it has fewer than
 /// `WARM_SAMPLES` (a worker new to a class is slow while its cache warms),
 /// only past this many times the cost of a cold request …
@@ -53,32 +50,6 @@ const TAKE_OVER_EVERY: Duration = Duration::from_millis(500);
 const ALPHA: f64 = 0.1;
 /// The cost of a cold request before one is measured.
 const DEFAULT_COLD: Duration = Duration::from_millis(50);
-
-/// Experiment knobs (temporary).
-#[derive(Debug, Clone, Copy)]
-struct Tuning {
-    depth: f64,
-    lent: f64,
-    veto: f64,
-    spill_factor: f64,
-}
-
-impl Tuning {
-    fn from_env() -> Tuning {
-        let f = |n: &str, d: f64| {
-            std::env::var(n)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(d)
-        };
-        Tuning {
-            depth: f("RLB_DEPTH", 0.0),
-            lent: f("RLB_LENT", LENT_SHARE),
-            veto: f("RLB_VETO", VETO_FACTOR),
-            spill_factor: f("RLB_SPILL", 4.0),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -158,7 +129,8 @@ struct Worker {
     /// When it was last passed over for being slower than another worker
     /// at a class: it takes over no class, nor spilled requests, for a while.
     vetoed_at: Option<Time>,
-    depth: f64,
+    /// Most requests in flight per thread (`max_depth`).
+    depth: usize,
 }
 
 impl Worker {
@@ -169,14 +141,11 @@ impl Worker {
     /// Requests in flight it may hold.
     fn bound(&self) -> usize {
         let t = self.threads;
-        if self.depth > 0.0 {
-            return ((t as f64) * self.depth).ceil() as usize;
-        }
         let extra = match self.latency.get() {
             Some(l) => ((t as f64) * ROUND_TRIP.as_secs_f64() / l.max(1e-6)).ceil() as usize,
             _ => t,
         };
-        t + extra.clamp(1, t * (MAX_DEPTH - 1))
+        t + extra.clamp(1, t * (self.depth.max(2) - 1))
     }
 
     /// A thread is idle.
@@ -284,7 +253,6 @@ pub struct ResumePool {
     /// The mean utilization of the workers in the pool, and when computed.
     utilization: f64,
     utilization_at: Option<Time>,
-    tuning: Tuning,
 }
 
 impl ResumePool {
@@ -304,7 +272,6 @@ impl ResumePool {
             members: 0,
             utilization: 0.0,
             utilization_at: None,
-            tuning: Tuning::from_env(),
         };
         p.update_settings(&settings);
         p
@@ -341,7 +308,7 @@ impl ResumePool {
             util_at: self.now,
             took_over_at: None,
             vetoed_at: None,
-            depth: self.tuning.depth,
+            depth: self.settings.max_depth as usize,
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {
@@ -595,8 +562,9 @@ impl Pool for ResumePool {
             .iter()
             .filter_map(|s| s.measured(VETO_SAMPLES, now))
             .fold(f64::INFINITY, f64::min);
-        let veto = fastest * self.tuning.veto;
-        let veto_warming = fastest.max(self.cold_latency()) * self.tuning.veto;
+        let factor = self.settings.slow_factor;
+        let veto = fastest * factor;
+        let veto_warming = fastest.max(self.cold_latency()) * factor;
         // The free skilled worker with the best score for what it has in
         // flight: (effectiveness, rank, slot).
         let mut best: Option<(f64, f64, usize, bool)> = None;
@@ -638,7 +606,7 @@ impl Pool for ResumePool {
         }
         // Its skilled workers are all busy: an idle home of the class
         // takes it over.
-        let lent = best_score * self.tuning.lent;
+        let lent = best_score * LENT_SHARE;
         for home in self.homes(ask.class).into_iter().flatten() {
             let w = self.w(home);
             if !w.classes.contains(ask.class) && w.may_take_over(self.utilization, now) {
@@ -660,7 +628,7 @@ impl Pool for ResumePool {
 
     fn spill_after(&self, class: &str) -> Option<Duration> {
         self.classes.get(class)?;
-        let cold = self.cold_latency() * self.tuning.spill_factor;
+        let cold = self.cold_latency() * self.settings.spill_factor;
         Some(Duration::from_secs_f64(cold.min(3600.0)).clamp(MIN_SPILL, MAX_SPILL))
     }
 
@@ -713,6 +681,9 @@ impl Pool for ResumePool {
     fn update_settings(&mut self, settings: &Settings) {
         self.settings = *settings;
         self.worker_decay = 1.0 - 1.0 / (2.0 * settings.backlog_history as f64);
+        for w in self.slots.iter_mut().flatten() {
+            w.depth = settings.max_depth as usize;
+        }
     }
 
     fn settings(&self) -> Settings {

@@ -1,18 +1,28 @@
 //! LB settings that can change at run time: the classic pool's
-//! (`variance`, `backlog_history`, `unskilled_score`) and outlier
-//! detection's (`eject_after`), and their coercion from properties
-//! (ZooKeeper node data, JSON).
+//! (`variance`, `backlog_history`, `unskilled_score`), the résumé pool's
+//! (`slow_factor`, `spill_factor`, `max_depth`, and `unskilled_score` and
+//! `backlog_history` too) and outlier detection's (`eject_after`), and
+//! their coercion from properties (ZooKeeper node data, JSON).
 
 use std::fmt;
 
 use serde_json::{Map, Value};
 
-/// Settings of the classic résumé pool (docs/ALGORITHMS.md §2).
+/// Settings of the pools (docs/ALGORITHMS.md §2 and §6).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     pub variance: f64,
     pub backlog_history: u32,
     pub unskilled_score: f64,
+    /// Résumé pool: a worker this many times slower than another at a
+    /// class gets no more of its requests while others can take them.
+    pub slow_factor: f64,
+    /// Résumé pool: a waiting request spills to a worker not skilled at
+    /// its class after this many times the measured cost of a cold
+    /// request.
+    pub spill_factor: f64,
+    /// Résumé pool: most requests in flight per worker thread.
+    pub max_depth: u32,
     /// Gateway failures in a row that take a worker out of the pool for a
     /// while (0: never). Not a pool setting: the LB applies it.
     pub eject_after: u32,
@@ -25,6 +35,9 @@ impl Default for Settings {
             variance: 1.0,
             backlog_history: 9,
             unskilled_score: 1.0,
+            slow_factor: 4.0,
+            spill_factor: 4.0,
+            max_depth: 8,
             eject_after: 5,
         }
     }
@@ -92,6 +105,24 @@ impl Settings {
                 _ => bad("unskilled_score", v, "not a number of at least 0"),
             }
         }
+        if let Some(v) = props.get("slow_factor") {
+            match as_f64(v) {
+                Some(x) if x > 1.0 => s.slow_factor = x,
+                _ => bad("slow_factor", v, "not a number above 1"),
+            }
+        }
+        if let Some(v) = props.get("spill_factor") {
+            match as_f64(v) {
+                Some(x) if x >= 0.0 => s.spill_factor = x,
+                _ => bad("spill_factor", v, "not a number of at least 0"),
+            }
+        }
+        if let Some(v) = props.get("max_depth") {
+            match as_f64(v).map(f64::trunc) {
+                Some(x) if (2.0..=1024.0).contains(&x) => s.max_depth = x as u32,
+                _ => bad("max_depth", v, "not a whole number from 2 to 1024"),
+            }
+        }
         if let Some(v) = props.get("eject_after") {
             match as_f64(v).map(f64::trunc) {
                 Some(x) if (0.0..=u32::MAX as f64).contains(&x) => s.eject_after = x as u32,
@@ -125,7 +156,8 @@ mod tests {
         let (s, errs) = Settings::from_properties(
             &props(
                 json!({"variance": "2", "backlog_history": 6.2, "unskilled_score": 3,
-                          "eject_after": "0"}),
+                          "eject_after": "0", "slow_factor": "2.5", "spill_factor": 0,
+                          "max_depth": 3.7}),
             ),
             &Settings::default(),
         );
@@ -134,6 +166,7 @@ mod tests {
         assert_eq!(s.variance, 2.0);
         assert_eq!(s.backlog_history, 6);
         assert_eq!(s.unskilled_score, 3.0);
+        assert_eq!((s.slow_factor, s.spill_factor, s.max_depth), (2.5, 0.0, 3));
         let (s, _) = Settings::from_properties(
             &props(json!({"backlog_history": "7"})),
             &Settings::default(),
@@ -158,7 +191,8 @@ mod tests {
         let (s, errs) = Settings::from_properties(
             &props(
                 json!({"variance": "lots", "backlog_history": 0, "unskilled_score": -1,
-                          "eject_after": -2}),
+                          "eject_after": -2, "slow_factor": 1, "spill_factor": "x",
+                          "max_depth": 1}),
             ),
             &Settings::default(),
         );
@@ -170,6 +204,9 @@ mod tests {
                 "variance",
                 "backlog_history",
                 "unskilled_score",
+                "slow_factor",
+                "spill_factor",
+                "max_depth",
                 "eject_after"
             ]
         );

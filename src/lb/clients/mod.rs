@@ -261,6 +261,15 @@ impl Clients {
         Some(&r.class)
     }
 
+    /// Whether the request is on `worker` as `rno`, unanswered, and may be
+    /// sent again.
+    pub(super) fn movable(&self, key: ClientKey, worker: WorkerKey, rno: Rno) -> bool {
+        self.map
+            .get(key)
+            .and_then(|c| c.req.as_ref())
+            .is_some_and(|r| r.ex.movable(worker, rno))
+    }
+
     /// The request goes to the pool: its environ to send, and whether it
     /// has a body to follow.
     pub(super) fn dispatching(&mut self, key: ClientKey) -> Option<(&Environ, bool)> {

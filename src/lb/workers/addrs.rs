@@ -177,6 +177,7 @@ impl Workers {
             joined: false,
             draining: false,
             unavailable: false,
+            silent: false,
             outlier: Default::default(),
             unlisted: false,
             resume: crate::proto::Resume::new(),

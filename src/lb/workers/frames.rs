@@ -60,6 +60,9 @@ impl Workers {
             match read_chunk(&mut w.stream, &mut w.rbuf, &mut ctx.scratch) {
                 Chunk::Data => {
                     w.last_read = Instant::now();
+                    if w.is_silent() {
+                        self.heard_again(key, ctx);
+                    }
                     if let Err(why) = self.take_frames(key, ctx) {
                         // A worker that never joined is said once a minute
                         // when it closes (it may not be a worker at all).

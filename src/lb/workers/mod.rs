@@ -74,6 +74,8 @@ pub(super) struct WorkerConn {
     /// Said "unavailable" (its application is down): out of the pool until
     /// it says "available".
     unavailable: bool,
+    /// Silent with requests in flight: out of the pool until it speaks.
+    silent: bool,
     /// Its gateway failures, and its ejection from the pool if any.
     outlier: Record,
     /// No longer in the worker list: out of the pool, closed when idle
@@ -112,7 +114,7 @@ impl WorkerConn {
     /// Out of the pool for now, though it would serve: unavailable, or
     /// ejected after failures.
     fn held_out(&self) -> bool {
-        self.unavailable || self.outlier.ejected_until().is_some()
+        self.unavailable || self.silent || self.outlier.ejected_until().is_some()
     }
 
     /// Joined, listed and not draining, but held out of the pool.
@@ -123,6 +125,11 @@ impl WorkerConn {
     /// Said its application is unavailable.
     pub(super) fn is_unavailable(&self) -> bool {
         self.unavailable
+    }
+
+    /// Held out for its silence.
+    pub(super) fn is_silent(&self) -> bool {
+        self.silent
     }
 
     /// Ejected after gateway failures, until then.
@@ -462,6 +469,12 @@ impl Workers {
             self.close(key, why, ctx);
             return;
         }
+        if !w.silent && !w.inflight.is_empty() && now >= after(w.last_read, ctx.cfg.silent_worker) {
+            self.fell_silent(key, ctx);
+        }
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
         if w.outlier.end_if_due(now) {
             log::info!("worker {}: ejection over, back in the pool", w.addr);
             if !w.unlisted {
@@ -485,9 +498,56 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Nothing heard from the worker for the silent-worker time while it
+    /// has requests: it takes no new ones until it speaks, and those it has
+    /// not begun to answer go elsewhere where they can (cancelled here).
+    fn fell_silent(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        let was_up = w.is_up();
+        w.silent = true;
+        log::warn!(
+            "worker {}: nothing heard for {:.1} s with {} request(s) in flight; no new \
+             requests until it speaks, and those it has not begun to answer go elsewhere",
+            w.addr,
+            ctx.cfg.silent_worker.as_secs_f64(),
+            w.inflight.len()
+        );
+        if was_up {
+            ctx.balancer.remove(w.id);
+        }
+        for (&rno, f) in &w.inflight {
+            if f.status.is_none() {
+                ctx.effect(Effect::Move(key, rno, f.client));
+            }
+        }
+    }
+
+    /// A silent worker spoke: back into the pool, unless held out for
+    /// another reason.
+    pub(super) fn heard_again(&mut self, key: WorkerKey, ctx: &mut Ctx) {
+        let Some(w) = self.map.get_mut(key) else {
+            return;
+        };
+        if !std::mem::take(&mut w.silent) {
+            return;
+        }
+        log::info!("worker {} speaks again: back in the pool", w.addr);
+        if !w.unlisted {
+            let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
+            self.relist(key, version.as_deref(), ctx);
+        }
+    }
+}
+
 impl WorkerConn {
     fn deadline(&self, ctx: &Ctx) -> Instant {
-        let due = after(self.last_read, ctx.cfg.dead_worker_timeout).min(self.keepalive_at);
+        let mut due = after(self.last_read, ctx.cfg.dead_worker_timeout).min(self.keepalive_at);
+        if !self.silent && !self.inflight.is_empty() {
+            due = due.min(after(self.last_read, ctx.cfg.silent_worker));
+        }
         self.ejected_until().map_or(due, |t| due.min(t))
     }
 }
