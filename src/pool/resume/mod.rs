@@ -725,3 +725,6 @@ fn status_of(w: &Worker) -> WorkerStatus {
         resume_size: w.classes.len(),
     }
 }
+
+#[cfg(test)]
+mod tests;
