@@ -19,7 +19,7 @@ BINS = resumelb zkresumelb resumelb-worker get-worker-resume get-lb-status rlb-n
 MAN1 = $(addsuffix .1,$(BINS))
 MAN7 = resumelb-protocol.7
 
-.PHONY: all build install uninstall soak faults fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool bench-compare bench-peers clean
+.PHONY: all build install uninstall soak faults simulate fuzz test fmt-check clippy unit man-lint deps demo bench bench-pool bench-compare bench-peers clean
 
 all: build
 
@@ -94,6 +94,13 @@ soak:
 faults: deps
 	$(CARGO) build --release --bins --examples $(FEATURES)
 	./target/release/examples/faults
+
+## The pool simulator: the real pool code on simulated workers and clients,
+## every scenario with the résumé and classic pools (SIMULATE_ARGS, e.g.
+## "--scenario w1b,hung --seed 3", or --help for a workload of your own).
+simulate:
+	$(CARGO) build --release --example simulate $(FEATURES)
+	./target/release/examples/simulate $(SIMULATE_ARGS)
 
 ## Figures: LB overhead against a direct upstream, then the pool.
 ## BENCH_BASELINE=<rev> measures that revision's binaries first, then ours.

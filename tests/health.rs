@@ -302,15 +302,31 @@ fn silent_worker(pool: &str) {
         lb.proc.stderr().contains("nothing heard for 2.0 s"),
         "{pool}: the LB says why"
     );
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_get-lb-status"))
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&hung_addr) && l.ends_with("silent")),
+        "{pool}: {text}"
+    );
     hung.proc.signal("CONT");
     wait_until("the worker back in the pool", T, || {
         status(&sock)["silent"].as_u64() == Some(0)
     });
+    // The résumé pool kept what it knew of the worker (its classes come
+    // back to it); the classic pool forgot, and sends it new classes.
     let before = served(&hung_trace);
     let mut i = 0;
     wait_until("the worker to serve again", T, || {
         i += 1;
-        get(lb.addr, &format!("h{}", i % 16), "/1");
+        let class = match pool {
+            "resume" => format!("h{}", i % 16),
+            _ => format!("n{i}"),
+        };
+        get(lb.addr, &class, "/1");
         served(&hung_trace) > before
     });
 }

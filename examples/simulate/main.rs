@@ -429,3 +429,55 @@ fn main() {
         std::process::exit(2);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, pool: PoolKind, seed: u64) -> (Vec<Phase>, Placements) {
+        let s = SCENARIOS.iter().find(|s| s.name == name).unwrap();
+        Sim::new((s.config)(pool, seed)).run()
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_run() {
+        let (a, pa) = run("slow", PoolKind::Resume, 7);
+        let (b, pb) = run("slow", PoolKind::Resume, 7);
+        assert_eq!(pa, pb);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (x.requests, &x.latencies, &x.per_worker),
+                (y.requests, &y.latencies, &y.per_worker)
+            );
+        }
+        let (c, _) = run("slow", PoolKind::Resume, 8);
+        assert_ne!(a[0].latencies, c[0].latencies, "another seed, another run");
+    }
+
+    /// In simulated time, so exact for the seed: the résumé pool passes
+    /// over a worker made 40 times slower, the classic pool does not.
+    #[test]
+    fn the_resume_pool_contains_a_slow_worker() {
+        let (phases, _) = run("slow", PoolKind::Resume, 1);
+        let later = &phases[2];
+        assert!(
+            later.percentile_ms(99.0) < 100.0,
+            "p99 {}",
+            later.percentile_ms(99.0)
+        );
+        assert!(later.shares()[0] < 1.0, "{:?}", later.shares());
+        let (phases, _) = run("slow", PoolKind::Classic, 1);
+        assert!(phases[2].percentile_ms(99.0) > 100.0);
+    }
+
+    /// A stopped worker: its requests go elsewhere after the silent-worker
+    /// time, and once it goes on it serves a share again.
+    #[test]
+    fn a_stopped_worker_is_worked_around_and_comes_back() {
+        let (phases, _) = run("hung-short", PoolKind::Resume, 1);
+        let stopped = &phases[1];
+        let within = 1.0 - stopped.over(Duration::from_secs(1)) as f64 / stopped.requests as f64;
+        assert!(within >= 0.95, "{within}");
+        assert!(phases[3].shares()[0] >= 5.0, "{:?}", phases[3].shares());
+    }
+}

@@ -764,7 +764,11 @@ impl Sim {
         let id = link.id.expect("connected");
         let moved = self.on_worker(lb, w, generation);
         let now = self.pool_time();
-        self.lbs[lb].balancer.remove(id);
+        self.lbs[lb].balancer.hold(id);
+        if self.lbs[lb].balancer.is_empty() {
+            // No other worker could take them: they wait for this one.
+            return;
+        }
         for conn in moved {
             let class = self.classes[self.reqs[conn].class].clone();
             self.lbs[lb]

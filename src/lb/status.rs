@@ -231,6 +231,8 @@ pub fn format_text(doc: &Value, now: SystemTime) -> String {
             "  unavailable"
         } else if details["ejected_for"].is_number() {
             "  ejected"
+        } else if details["silent"] == Value::Bool(true) {
+            "  silent"
         } else {
             ""
         };
@@ -257,7 +259,8 @@ mod tests {
         let doc = json!({"backlog": 3, "mean_backlog": 2.08,
             "workers": [["127.0.0.1:8001", 2, 1.57, 1000], ["127.0.0.1:8002", 1, 1.0, null]],
             "workers_ex": [],
-            "worker_details": {"127.0.0.1:8002": {"available": false}}});
+            "worker_details": {"127.0.0.1:8001": {"available": true, "silent": false},
+                               "127.0.0.1:8002": {"available": false}}});
         let t = format_text(&doc, UNIX_EPOCH + Duration::from_secs(1012));
         assert_eq!(
             t,
@@ -265,6 +268,14 @@ mod tests {
              worker          backlog  mean backlog  oldest (s)\n\
              127.0.0.1:8001        2          1.57          12\n\
              127.0.0.1:8002        1          1.00           -  unavailable\n"
+        );
+        let doc = json!({"backlog": 1, "mean_backlog": 1.0,
+            "workers": [["127.0.0.1:8001", 1, 1.0, 1000]],
+            "worker_details": {"127.0.0.1:8001": {"available": true, "silent": true}}});
+        let t = format_text(&doc, UNIX_EPOCH + Duration::from_secs(1003));
+        assert!(
+            t.ends_with("127.0.0.1:8001        1          1.00           3  silent\n"),
+            "{t}"
         );
         let empty = json!({"backlog": 0, "mean_backlog": 0.0, "workers": []});
         assert!(format_text(&empty, UNIX_EPOCH).ends_with("no workers\n"));

@@ -137,8 +137,9 @@ pub trait Pool: Send + fmt::Debug {
     /// The worker is gone. Its counters live on only until the requests it
     /// has in flight are put back.
     fn remove(&mut self, w: WorkerId);
-    /// Take the worker out of the pool but keep its counters; its next
-    /// résumé brings it back (single-version switches).
+    /// Take the worker out of the pool but keep its counters (and, for a
+    /// pool that learns, what it learnt of it); its next résumé brings it
+    /// back (single-version switches, workers held out for a while).
     fn park(&mut self, w: WorkerId);
     /// Choose a worker for a request; `None` with no workers (or, for a
     /// pool that bounds them, when the request should wait for one).

@@ -89,6 +89,13 @@ impl Balancer {
         }
     }
 
+    /// Hold the worker out of the pool for a while (it is unavailable,
+    /// ejected or silent); [`Balancer::new_resume`] brings it back with
+    /// what the pool knew of it.
+    pub fn hold(&mut self, w: WorkerId) {
+        self.pool.park(w);
+    }
+
     /// The worker is gone.
     pub fn remove(&mut self, w: WorkerId) {
         self.pool.remove(w);

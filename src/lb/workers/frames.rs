@@ -157,7 +157,7 @@ impl Workers {
                          until it is back",
                         w.addr
                     );
-                    ctx.balancer.remove(id);
+                    ctx.balancer.hold(id);
                 }
             }
             ToLb::Available => {

@@ -48,7 +48,7 @@ impl Workers {
             w.addr
         );
         ctx.counters.ejections += 1;
-        ctx.balancer.remove(w.id);
+        ctx.balancer.hold(w.id);
         self.arm(key, ctx);
     }
 

@@ -516,7 +516,11 @@ impl Workers {
             w.inflight.len()
         );
         if was_up {
-            ctx.balancer.remove(w.id);
+            ctx.balancer.hold(w.id);
+        }
+        if ctx.balancer.is_empty() {
+            // No other worker could take them: they wait for this one.
+            return;
         }
         for (&rno, f) in &w.inflight {
             if f.status.is_none() {

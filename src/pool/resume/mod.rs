@@ -362,11 +362,15 @@ impl ResumePool {
         self.w_mut(slot).classes.insert(class.to_string());
     }
 
+    /// Out of the pool: gone (its skills go too) or parked (they stay, for
+    /// when it is back).
     fn leave(&mut self, slot: usize, place: Place) {
         if self.w(slot).in_pool() {
-            self.forget_skills(slot);
             self.gen += 1;
             self.members -= 1;
+        }
+        if place == Place::Gone {
+            self.forget_skills(slot);
         }
         self.w_mut(slot).place = place;
     }
@@ -550,7 +554,15 @@ impl Pool for ResumePool {
     fn get(&mut self, ask: &Ask) -> Option<WorkerId> {
         let now = ask.now.max(self.now);
         self.now = now;
-        let Some(c) = self.classes.get(ask.class) else {
+        // Workers out of the pool (parked) keep their skills, but a class
+        // only they know is new to the pool.
+        let slots = &self.slots;
+        let in_pool = |s: &&Skill| slots[s.slot].as_ref().is_some_and(Worker::in_pool);
+        let known = self
+            .classes
+            .get(ask.class)
+            .filter(|c| c.skills.iter().any(|s| in_pool(&s)));
+        let Some(c) = known else {
             // A new class: the first-ranked worker that can take it.
             let slot = self.first_free(ask.class, now)?;
             self.lend(slot, ask.class, self.settings.unskilled_score);
@@ -560,17 +572,19 @@ impl Pool for ResumePool {
         let fastest = c
             .skills
             .iter()
+            .filter(in_pool)
             .filter_map(|s| s.measured(VETO_SAMPLES, now))
             .fold(f64::INFINITY, f64::min);
         let factor = self.settings.slow_factor;
         let veto = fastest * factor;
         let veto_warming = fastest.max(self.cold_latency()) * factor;
         // The free skilled worker with the best score for what it has in
-        // flight: (effectiveness, rank, slot).
-        let mut best: Option<(f64, f64, usize, bool)> = None;
+        // flight; at equal scores one whose résumé names the class, then
+        // the rank: (effectiveness, named, rank, slot, probe).
+        let mut best: Option<(f64, bool, f64, usize, bool)> = None;
         let mut best_score = 0.0_f64;
         let mut vetoed: Vec<usize> = Vec::new();
-        for s in &c.skills {
+        for s in c.skills.iter().filter(in_pool) {
             best_score = best_score.max(s.score);
             let w = self.w(s.slot);
             let limit = if s.latency.samples < WARM_SAMPLES {
@@ -590,14 +604,15 @@ impl Pool for ResumePool {
             let probe = s.latency.samples >= VETO_SAMPLES && s.latency.value > limit;
             let eff = s.score / w.load();
             let rank = rendezvous(ask.class, &w.name, w.threads as f64);
-            if best.is_none_or(|(e, r, _, _)| eff > e || (eff == e && rank > r)) {
-                best = Some((eff, rank, s.slot, probe));
+            let key = (eff, !s.lent, rank);
+            if best.is_none_or(|(e, n, r, _, _)| key > (e, n, r)) {
+                best = Some((eff, !s.lent, rank, s.slot, probe));
             }
         }
         for slot in vetoed {
             self.w_mut(slot).vetoed_at = Some(now);
         }
-        if let Some((_, _, slot, probe)) = best {
+        if let Some((_, _, _, slot, probe)) = best {
             if probe {
                 self.measuring(ask.class, slot, now);
             }

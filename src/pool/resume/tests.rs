@@ -327,3 +327,14 @@ fn removed_and_parked_workers_get_nothing_and_puts_balance() {
     assert_eq!(get(&mut p, "a", ms(2)), Some(2));
     assert_eq!(p.status().workers.len(), 1);
 }
+
+#[test]
+fn at_equal_scores_the_worker_whose_resume_names_the_class_wins() {
+    let mut p = pool(&[(1, 2, &[]), (2, 2, &[("a", 50.0)])]);
+    p.lend(p.by_id[&w(1)], "a", 50.0);
+    for _ in 0..2 {
+        let id = get(&mut p, "a", ms(0)).unwrap();
+        assert_eq!(id, 2);
+        put(&mut p, id, "a", ms(0), None);
+    }
+}
