@@ -68,6 +68,12 @@ deps: $(VENV)/.installed
 	  echo "installing python3-dev (the WSGI app embeds $(PYO3_PYTHON))"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev; }
 
+## The benchmark's Python peers (W3: granian and gunicorn), beside the
+## test dependencies.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q granian gunicorn
+	touch $@
+
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q waitress zdaemon PasteDeploy
@@ -115,7 +121,7 @@ bench:
 ## BENCH_WARMUP per variant, BENCH_BASELINE=<rev> to run that revision's
 ## binaries first (tables in target/bench-compare-baseline). Exits 1 if a
 ## peer could not run.
-bench-compare: bench-peers $(VENV)/.installed
+bench-compare: bench-peers $(VENV)/.bench-installed
 	$(CARGO) build --release --bins --examples $(FEATURES)
 	$(if $(BENCH_BASELINE),scripts/bench-baseline $(BENCH_BASELINE) bench-compare,./target/release/examples/bench-compare)
 

@@ -216,11 +216,22 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 
 /// Start `bin` and wait (up to 10 s) for its stderr line `… <ready> ADDR …`.
 pub fn spawn(bin: &std::path::Path, args: &[&str], ready: &str) -> io::Result<Spawned> {
+    spawn_env(bin, args, &[], ready)
+}
+
+/// [`spawn`] with these environment variables set for the child.
+pub fn spawn_env(
+    bin: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready: &str,
+) -> io::Result<Spawned> {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(bin);
     die_with_parent(&mut cmd);
     let mut child = cmd
         .args(args)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

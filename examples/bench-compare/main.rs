@@ -19,6 +19,7 @@
 mod backend;
 mod peers;
 mod report;
+mod w3;
 mod workload;
 
 use std::io;
@@ -83,7 +84,7 @@ impl Settings {
         }
         let regime = regime.to_ascii_lowercase();
         let variant = variant.to_ascii_lowercase();
-        let is_regime = |f: &String| f.starts_with("w1") || f == "w2" || f == "w1";
+        let is_regime = |f: &String| f.starts_with("w1") || f.starts_with("w3") || f == "w2";
         let regimes: Vec<&String> = self.only.iter().filter(|f| is_regime(f)).collect();
         let variants: Vec<&String> = self.only.iter().filter(|f| !is_regime(f)).collect();
         let regime_ok =
@@ -467,6 +468,23 @@ fn run_w2(s: &Settings, variants: &[Variant]) -> Vec<Row> {
     rows
 }
 
+/// "resumelb resume / resumelb classic: …" (the default pool against the
+/// original's), when both ran.
+fn pool_ratio(rows: &[Row]) -> Option<String> {
+    let find = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(prefix) && !r.name.contains(" x"))
+            .and_then(|r| r.result.as_ref().ok())
+    };
+    let (new, classic) = (find("resumelb resume")?, find("resumelb classic")?);
+    Some(format!(
+        "resumelb resume / resumelb classic: throughput {:.2}x, hit rate {:+.1} points, p99 {:.2}x",
+        new.load.rate() / classic.load.rate().max(1e-9),
+        (hit_rate(&new.backends) - hit_rate(&classic.backends)) * 100.0,
+        new.load.percentile_ms(99.0) / classic.load.percentile_ms(99.0).max(1e-9),
+    ))
+}
+
 /// "resumelb X / best peer (Y): throughput …x, p99 …x" lines.
 fn ratios(rows: &[Row]) -> Vec<String> {
     let ok = |r: &&Row| r.result.is_ok();
@@ -524,6 +542,7 @@ fn w1_table(rows: &[Row]) -> Table {
         "p99 ms",
         "hit rate",
         "per backend %",
+        "LB us/req",
         "errors",
     ]);
     for r in rows {
@@ -535,6 +554,10 @@ fn w1_table(rows: &[Row]) -> Table {
                 ms(m.load.percentile_ms(99.0)),
                 format!("{:.1}%", hit_rate(&m.backends) * 100.0),
                 shares(&m.backends),
+                ["LB", "haproxy", "nginx"]
+                    .iter()
+                    .find_map(|role| cpu_us(m, role))
+                    .map_or("-".into(), |us| format!("{us:.1}")),
                 m.load.errors.to_string(),
             ]),
             Err(e) => t.skipped(&r.name, e),
@@ -687,6 +710,44 @@ fn chart(title: &str, rows: &[Row], hit: bool) -> String {
     svg(title, &panels)
 }
 
+/// Print a cache regime's table and ratios, add them to the markdown, and
+/// write its chart; whether a variant was skipped.
+fn report_regime(s: &Settings, regime: Regime, rows: &[Row], md: &mut String) -> io::Result<bool> {
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let t = w1_table(rows);
+    let mut lines = ratios(rows);
+    lines.extend(pool_ratio(rows));
+    println!(
+        "\n{}: {}\n{}{}",
+        regime.name,
+        regime.what,
+        t.text(),
+        lines.join("\n")
+    );
+    md.push_str(&format!(
+        "\n### {}: {}\n\n{}\n{}\n\n![{}](bench/{}.svg)\n",
+        regime.name,
+        regime.what,
+        t.markdown(),
+        lines
+            .iter()
+            .map(|l| format!("- {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        regime.name,
+        regime.name.to_ascii_lowercase()
+    ));
+    let title = format!("{}: {}", regime.name, regime.what);
+    std::fs::write(
+        s.out
+            .join(format!("{}.svg", regime.name.to_ascii_lowercase())),
+        chart(&title, rows, true),
+    )?;
+    Ok(rows.iter().any(|r| r.result.is_err()))
+}
+
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("backend") {
@@ -717,10 +778,12 @@ fn main() -> io::Result<()> {
             lbs: 1,
         })
         .collect();
-    w1_variants.push(Variant::Resumelb {
-        pool: "resume".into(),
-        lbs: 3,
-    });
+    for pool in ["resume", "classic"] {
+        w1_variants.push(Variant::Resumelb {
+            pool: pool.into(),
+            lbs: 3,
+        });
+    }
     w1_variants.extend([
         Variant::Peer(Balance::HaproxyHash),
         Variant::Peer(Balance::HaproxyLeastconn),
@@ -760,38 +823,11 @@ fn main() -> io::Result<()> {
             continue;
         }
         let rows = run_w1(&s, regime, &w1_variants);
-        if rows.is_empty() {
-            continue;
-        }
-        skipped |= rows.iter().any(|r| r.result.is_err());
-        let t = w1_table(&rows);
-        let lines = ratios(&rows);
-        println!(
-            "\n{}: {}\n{}{}",
-            regime.name,
-            regime.what,
-            t.text(),
-            lines.join("\n")
-        );
-        md.push_str(&format!(
-            "\n### {}: {}\n\n{}\n{}\n\n![{}](bench/{}.svg)\n",
-            regime.name,
-            regime.what,
-            t.markdown(),
-            lines
-                .iter()
-                .map(|l| format!("- {l}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            regime.name,
-            regime.name.to_ascii_lowercase()
-        ));
-        let title = format!("{}: {}", regime.name, regime.what);
-        std::fs::write(
-            s.out
-                .join(format!("{}.svg", regime.name.to_ascii_lowercase())),
-            chart(&title, &rows, true),
-        )?;
+        skipped |= report_regime(&s, regime, &rows, &mut md)?;
+    }
+    for regime in w3::REGIMES {
+        let rows = w3::run_regime(&s, regime);
+        skipped |= report_regime(&s, regime, &rows, &mut md)?;
     }
     let rows = run_w2(&s, &w2_variants);
     if !rows.is_empty() {

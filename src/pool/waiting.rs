@@ -124,9 +124,15 @@ pub fn serve<K: Copy + Eq + Hash, S: Server<K>>(
     }
     let classes = queues.classes(|k| s.since(k));
     'passes: for spill in [false, true] {
-        for (class, _) in &classes {
+        for (class, oldest) in &classes {
             if !s.balancer().has_free() {
                 break 'passes;
+            }
+            // A class none of whose requests is past its spill time has
+            // nothing more to gain from the second pass.
+            let due = |after: Duration| *oldest + after <= now;
+            if spill && !s.balancer().spill_after(class).is_some_and(due) {
+                continue;
             }
             while let Some((key, since)) = queues.next(class, |k| s.since(k)) {
                 let waited = if spill {

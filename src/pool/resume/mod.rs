@@ -15,8 +15,10 @@ use crate::proto::Resume;
 use crate::util::intmap::IntMap;
 
 /// Extra requests in flight a worker may hold beyond its threads: enough to
-/// cover this long a round trip to the LB at its measured latency.
-const ROUND_TRIP: Duration = Duration::from_millis(1);
+/// cover this long a round trip to the LB at its measured latency (a loaded
+/// machine takes milliseconds to schedule the LB: with 1 ms, W3a of `make
+/// bench-compare` lost a quarter of its throughput to idle threads).
+const ROUND_TRIP: Duration = Duration::from_millis(5);
 /// A worker with requests in flight that has finished none for this many
 /// times its usual latency (and at least `MIN_STALL`) takes no new ones.
 const STALL_LATENCIES: f64 = 10.0;
@@ -580,8 +582,8 @@ impl Pool for ResumePool {
         let veto_warming = fastest.max(self.cold_latency()) * factor;
         // The free skilled worker with the best score for what it has in
         // flight; at equal scores one whose résumé names the class, then
-        // the rank: (effectiveness, named, rank, slot, probe).
-        let mut best: Option<(f64, bool, f64, usize, bool)> = None;
+        // the rank: (effectiveness, named, slot, probe).
+        let mut best: Option<(f64, bool, usize, bool)> = None;
         let mut best_score = 0.0_f64;
         let mut vetoed: Vec<usize> = Vec::new();
         for s in c.skills.iter().filter(in_pool) {
@@ -603,16 +605,24 @@ impl Pool for ResumePool {
             // another gets one request to measure it again.
             let probe = s.latency.samples >= VETO_SAMPLES && s.latency.value > limit;
             let eff = s.score / w.load();
-            let rank = rendezvous(ask.class, &w.name, w.threads as f64);
-            let key = (eff, !s.lent, rank);
-            if best.is_none_or(|(e, n, r, _, _)| key > (e, n, r)) {
-                best = Some((eff, !s.lent, rank, s.slot, probe));
+            // The rank (a hash) only decides exact ties.
+            let better = match best {
+                None => true,
+                Some((e, n, _, _)) if (eff, !s.lent) != (e, n) => (eff, !s.lent) > (e, n),
+                Some((_, _, slot, _)) => {
+                    let other = self.w(slot);
+                    rendezvous(ask.class, &w.name, w.threads as f64)
+                        > rendezvous(ask.class, &other.name, other.threads as f64)
+                }
+            };
+            if better {
+                best = Some((eff, !s.lent, s.slot, probe));
             }
         }
         for slot in vetoed {
             self.w_mut(slot).vetoed_at = Some(now);
         }
-        if let Some((_, _, _, slot, probe)) = best {
+        if let Some((_, _, slot, probe)) = best {
             if probe {
                 self.measuring(ask.class, slot, now);
             }
