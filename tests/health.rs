@@ -330,3 +330,38 @@ fn silent_worker(pool: &str) {
         served(&hung_trace) > before
     });
 }
+
+/// The résumé pool places new classes by rendezvous hashing weighted by
+/// threads: a worker with 8 threads beside one with 2 ranks first for
+/// about four fifths of them, and gets their requests.
+#[test]
+fn new_classes_go_to_workers_in_proportion_to_their_threads() {
+    let dir = TempDir::new("weights");
+    let sock = dir.path("lb.sock");
+    let big = start_worker(&["--app", "demo", "--demo-miss-ms", "0", "--threads", "8"]);
+    let small = start_worker(&["--app", "demo", "--demo-miss-ms", "0", "--threads", "2"]);
+    let (big_addr, small_addr) = (big.addr.to_string(), small.addr.to_string());
+    let lb = start_lb(&["-s", sock.to_str().unwrap(), &big_addr, &small_addr]);
+    wait_until("both workers in the pool", T, || {
+        pool_workers(&sock).len() == 2
+    });
+    let mut to_big = 0;
+    for c in 0..200 {
+        let r = get(lb.addr, &format!("w{c}.example"), "/1");
+        assert_eq!(r.status, 200);
+        to_big += usize::from(r.worker().ends_with(&format!(":{}", big.addr.port())));
+    }
+    // 160 expected; five standard deviations (about 28) either side.
+    assert!(
+        (130..=190).contains(&to_big),
+        "the 8-thread worker got {to_big} of 200"
+    );
+    let doc = status(&sock);
+    let classes = |a: &str| {
+        doc["worker_details"][a]["resume_size"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(classes(&big_addr) + classes(&small_addr), 200, "{doc}");
+    assert_eq!(doc["placements"]["new"].as_u64(), Some(200), "{doc}");
+}

@@ -125,6 +125,10 @@ struct Front {
     pids: Vec<(&'static str, u32)>,
     _ours: Vec<Spawned>,
     _peer: Option<peers::Peer>,
+    _servers: Vec<w3::PyServer>,
+    /// resumelb's status sockets (in `_dir`).
+    status: Vec<std::path::PathBuf>,
+    _dir: Option<peers::TempDir>,
 }
 
 #[derive(Clone)]
@@ -152,6 +156,11 @@ enum Py {
     Upstream,
     /// Under waitress, the load straight at it.
     Direct,
+    /// Under granian (1 process, 4 blocking threads), the load straight at
+    /// it.
+    Granian,
+    /// Under granian, nginx in front.
+    NginxGranian,
 }
 
 const HELLO_WSGI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bench-compare");
@@ -192,6 +201,8 @@ impl Variant {
             Variant::Python(Py::InWorker) => "resumelb + worker --app wsgi:".into(),
             Variant::Python(Py::Upstream) => "resumelb + worker --app upstream: -> waitress".into(),
             Variant::Python(Py::Direct) => "waitress direct".into(),
+            Variant::Python(Py::Granian) => "granian direct".into(),
+            Variant::Python(Py::NginxGranian) => "nginx proxy -> granian".into(),
         }
     }
 
@@ -218,6 +229,9 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
             pids: Vec::new(),
             _ours: Vec::new(),
             _peer: None,
+            _servers: Vec::new(),
+            status: Vec::new(),
+            _dir: None,
         }),
         Variant::Peer(balance) => {
             let peer = peers::start(*balance, backends, "peer")?;
@@ -231,6 +245,36 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 pids: vec![(role, pid)],
                 _ours: Vec::new(),
                 _peer: Some(peer),
+                _servers: Vec::new(),
+                status: Vec::new(),
+                _dir: None,
+            })
+        }
+        Variant::Python(Py::Granian) => {
+            let (server, addr) =
+                w3::start_python(w3::Server::Granian, "hello_wsgi:application", &[])?;
+            Ok(Front {
+                targets: vec![addr],
+                pids: Vec::new(),
+                _ours: Vec::new(),
+                _peer: None,
+                _servers: vec![server],
+                status: Vec::new(),
+                _dir: None,
+            })
+        }
+        Variant::Python(Py::NginxGranian) => {
+            let (server, addr) =
+                w3::start_python(w3::Server::Granian, "hello_wsgi:application", &[])?;
+            let peer = peers::start(Balance::NginxPlain, &[addr], "peer")?;
+            Ok(Front {
+                targets: vec![peer.addr],
+                pids: vec![("nginx", peer.child.id())],
+                _ours: Vec::new(),
+                _peer: Some(peer),
+                _servers: vec![server],
+                status: Vec::new(),
+                _dir: None,
             })
         }
         Variant::Python(Py::Direct) => {
@@ -240,6 +284,9 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 pids: Vec::new(),
                 _ours: vec![waitress],
                 _peer: None,
+                _servers: Vec::new(),
+                status: Vec::new(),
+                _dir: None,
             })
         }
         Variant::Resumelb { .. } | Variant::ResumelbDemo | Variant::Python(_) => {
@@ -286,8 +333,14 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 ours.push(w);
             }
             let mut targets = Vec::new();
-            for _ in 0..lbs {
+            let dir = peers::TempDir::new("lb")?;
+            let mut status = Vec::new();
+            for i in 0..lbs {
+                let sock = dir.0.join(format!("lb{i}.sock"));
+                let sock_arg = sock.display().to_string();
+                status.push(sock);
                 let mut args = vec!["-a", "127.0.0.1:0", "-p", pool, "-L", "info"];
+                args.extend(["-s", sock_arg.as_str()]);
                 args.extend(worker_addrs.iter().map(String::as_str));
                 let lb = spawn(&bins.join("resumelb"), &args, "listening on ")?;
                 pids.push(("LB", lb.child.id()));
@@ -301,6 +354,9 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 pids,
                 _ours: ours,
                 _peer: None,
+                _servers: Vec::new(),
+                status,
+                _dir: Some(dir),
             })
         }
     }
@@ -364,6 +420,9 @@ fn measure(
         .map(|((role, pid), b)| (*role, cpu_seconds(*pid) - b))
         .collect();
     let after = stats_of(backends)?;
+    if let Some(line) = w3::placements(&front.status) {
+        eprintln!("{line}");
+    }
     let backends = after.iter().zip(&before).map(|(a, b)| a.since(b)).collect();
     Ok(Measured {
         load,
@@ -600,6 +659,21 @@ fn w2_table(rows: &[Row]) -> (Table, Vec<String>) {
         .and_then(|r| r.result.as_ref().ok())
         .map(|m| m.load.rate());
     let mut notes = Vec::new();
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.result.as_ref().ok())
+    };
+    if let (Some(ours), Some(peer)) = (
+        find("resumelb + worker --app wsgi:"),
+        find("nginx proxy -> granian"),
+    ) {
+        notes.push(format!(
+            "resumelb + worker --app wsgi: / nginx proxy -> granian: throughput {:.2}x, p99 {:.2}x",
+            ours.load.rate() / peer.load.rate().max(1e-9),
+            ours.load.percentile_ms(99.0) / peer.load.percentile_ms(99.0).max(1e-9)
+        ));
+    }
     if rows.iter().any(|r| r.name.contains("-> waitress")) {
         notes.push(
             "worker us/req of \"-> waitress\" counts the worker and waitress together".to_string(),
@@ -800,6 +874,8 @@ fn main() -> io::Result<()> {
         Variant::ResumelbDemo,
         Variant::Python(Py::Direct),
         Variant::Python(Py::Upstream),
+        Variant::Python(Py::Granian),
+        Variant::Python(Py::NginxGranian),
         Variant::Python(Py::InWorker),
     ];
     let header = format!(

@@ -87,8 +87,8 @@ impl Variant {
 
 /// A Python server in a process group of its own (servers fork workers),
 /// which is stopped whole when dropped.
-struct PyServer {
-    child: Child,
+pub struct PyServer {
+    pub child: Child,
 }
 
 impl Drop for PyServer {
@@ -134,6 +134,16 @@ fn start_server(
     regime: Regime,
     stats: &Path,
 ) -> io::Result<(PyServer, SocketAddr)> {
+    start_python(server, "cache_wsgi:application", &app_env(regime, stats))
+}
+
+/// `app` (MODULE:CALLABLE in examples/bench-compare) under one server
+/// process with 4 threads, on a port of its own.
+pub fn start_python(
+    server: Server,
+    app: &str,
+    env: &[(String, String)],
+) -> io::Result<(PyServer, SocketAddr)> {
     let python = bench_python()?;
     let bin = python.parent().unwrap_or(Path::new("."));
     let addr = free_addr()?;
@@ -157,18 +167,18 @@ fn start_server(
                 "--no-access-log",
             ]);
             c.args(["--log-level", "warning", "--working-dir", HELLO_WSGI]);
-            c.arg("cache_wsgi:application");
+            c.arg(app);
             c
         }
         Server::Gunicorn => {
             let mut c = Command::new(bin.join("gunicorn"));
             c.args(["-k", "gthread", "--workers", "1", "--threads", &threads]);
             c.args(["-b", &format!("127.0.0.1:{port}"), "--chdir", HELLO_WSGI]);
-            c.args(["--log-level", "warning", "cache_wsgi:application"]);
+            c.args(["--log-level", "warning", app]);
             c
         }
     };
-    cmd.envs(app_env(regime, stats));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: setpgid and prctl are async-signal-safe.
@@ -346,18 +356,8 @@ fn measure(s: &Settings, v: &Variant, regime: Regime) -> io::Result<Measured> {
         .map(|((role, pid), b)| (*role, cpu_seconds(*pid) - b))
         .collect();
     let after = read_stats(&stats);
-    if let Some(sock) = &running.status {
-        // How the pool placed requests, for whoever reads the log.
-        if let Ok(doc) =
-            resumelb::cli::get_lb_status::fetch(&sock.display().to_string(), Duration::from_secs(5))
-        {
-            eprintln!(
-                "{}: {}: placements {}",
-                regime.name,
-                v.name(),
-                doc["placements"]
-            );
-        }
+    if let Some(line) = placements(running.status.as_slice()) {
+        eprintln!("{}: {}: {line}", regime.name, v.name());
     }
     let backends = since(&after, &before);
     if backends.is_empty() {
@@ -367,6 +367,28 @@ fn measure(s: &Settings, v: &Variant, regime: Regime) -> io::Result<Measured> {
         load,
         backends,
         cpu,
+    })
+}
+
+/// How resumelb's pools placed requests (summed over its LBs), for whoever
+/// reads the log.
+pub fn placements(sockets: &[PathBuf]) -> Option<String> {
+    let mut sum = [0u64; 4];
+    let keys = ["skilled", "new", "spilled", "moved"];
+    for sock in sockets {
+        let path = sock.display().to_string();
+        let doc = resumelb::cli::get_lb_status::fetch(&path, Duration::from_secs(5)).ok()?;
+        for (n, k) in sum.iter_mut().zip(keys) {
+            *n += doc["placements"][k].as_u64().unwrap_or(0);
+        }
+    }
+    (!sockets.is_empty()).then(|| {
+        let parts: Vec<String> = keys
+            .iter()
+            .zip(sum)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!("placed: {}", parts.join(", "))
     })
 }
 

@@ -311,6 +311,24 @@ fn options() -> getopts::Options {
         "custom: measured seconds after 10 s of warm-up (default 15)",
         "S",
     );
+    o.optopt(
+        "",
+        "slow-factor",
+        "the résumé pool's --slow-factor (default 4)",
+        "X",
+    );
+    o.optopt(
+        "",
+        "spill-factor",
+        "the résumé pool's --spill-factor (default 4)",
+        "X",
+    );
+    o.optopt(
+        "",
+        "max-depth",
+        "the résumé pool's --max-depth (default 8)",
+        "N",
+    );
     o.optflag("h", "help", "print this help");
     o
 }
@@ -406,12 +424,15 @@ fn run() -> Result<(), String> {
                 .to_string()
         };
         for &pool in &pools {
-            let cfg = if name == "custom" {
+            let mut cfg = if name == "custom" {
                 custom(&m, pool, seed)?
             } else {
                 let s = SCENARIOS.iter().find(|s| s.name == name).expect("checked");
                 (s.config)(pool, seed)
             };
+            cfg.settings.slow_factor = num(&m, "slow-factor", cfg.settings.slow_factor)?;
+            cfg.settings.spill_factor = num(&m, "spill-factor", cfg.settings.spill_factor)?;
+            cfg.settings.max_depth = num(&m, "max-depth", cfg.settings.max_depth)?;
             rows.push((pool, Sim::new(cfg).run()));
         }
         println!(

@@ -116,7 +116,7 @@ pub fn options() -> Options {
         "",
         "spill-factor",
         "résumé pool: a request waiting for its class's workers goes to another after this \
-         many times the cost of a cold request (default 4)",
+         many times the cost of a cold request (default 2)",
         "X",
     );
     o.optopt(

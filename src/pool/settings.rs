@@ -36,7 +36,7 @@ impl Default for Settings {
             backlog_history: 9,
             unskilled_score: 1.0,
             slow_factor: 4.0,
-            spill_factor: 4.0,
+            spill_factor: 2.0,
             max_depth: 8,
             eject_after: 5,
         }

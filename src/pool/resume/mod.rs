@@ -48,6 +48,9 @@ const VETO_AGE: Duration = Duration::from_secs(5);
 const IDLE: f64 = 0.5;
 const UTILIZATION_TIME: Duration = Duration::from_secs(1);
 const TAKE_OVER_EVERY: Duration = Duration::from_millis(500);
+/// A new class skips a worker whose utilization is over this many times
+/// the pool's mean (and over 0.5).
+const BOUNDED_LOAD: f64 = 1.25;
 /// Weight of one sample in the latency averages.
 const ALPHA: f64 = 0.1;
 /// The cost of a cold request before one is measured.
@@ -416,6 +419,26 @@ impl ResumePool {
         homes
     }
 
+    /// The worker in the pool ranking first for `class`, those found slow
+    /// lately, stalled or loaded over `BOUNDED_LOAD` times the pool's mean
+    /// utilization after the others (bounded-load hashing: time-averaged
+    /// loads look alike from every LB, so LBs still agree).
+    fn first_ranked(&self, class: &str, now: Time) -> Option<usize> {
+        let mut best: Option<(bool, f64, usize)> = None;
+        let limit = (self.utilization * BOUNDED_LOAD).max(0.5);
+        for (slot, w) in self.slots.iter().enumerate() {
+            let Some(w) = w.as_ref().filter(|w| w.in_pool()) else {
+                continue;
+            };
+            let fine = !w.slow(now) && !w.stalled(now) && w.utilization(now) <= limit;
+            let key = (fine, rendezvous(class, &w.name, w.threads as f64));
+            if best.is_none_or(|(f, r, _)| key > (f, r)) {
+                best = Some((key.0, key.1, slot));
+            }
+        }
+        best.map(|b| b.2)
+    }
+
     /// The free worker ranking first for `class`, workers found slow
     /// lately after the others: the same on every LB while the same
     /// workers are free.
@@ -565,9 +588,15 @@ impl Pool for ResumePool {
             .get(ask.class)
             .filter(|c| c.skills.iter().any(|s| in_pool(&s)));
         let Some(c) = known else {
-            // A new class: the first-ranked worker that can take it.
-            let slot = self.first_free(ask.class, now)?;
+            // A new class goes to the worker ranking first for it, free or
+            // not (if not, the request waits for it like any other), so
+            // that every LB puts it on the same worker whatever the load it
+            // sees.
+            let slot = self.first_ranked(ask.class, now)?;
             self.lend(slot, ask.class, self.settings.unskilled_score);
+            if !self.w(slot).free(now) {
+                return None;
+            }
             self.placements.new += 1;
             return Some(self.take(slot, now));
         };

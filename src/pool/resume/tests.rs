@@ -156,18 +156,18 @@ fn a_waiting_request_spills_after_its_time_to_a_free_worker() {
     assert_eq!(get(&mut p, "a", ms(0)), Some(1));
     assert_eq!(get(&mut p, "a", ms(0)), Some(1));
     assert_eq!(get(&mut p, "a", ms(0)), None, "its skilled worker is full");
-    // No cold request measured yet: 4 × 50 ms.
+    // No cold request measured yet: 2 × 50 ms.
     let spill = p.spill_after("a").unwrap();
-    assert_eq!(spill, ms(200));
-    assert_eq!(get_waited(&mut p, "a", ms(199), ms(0)), None);
+    assert_eq!(spill, ms(100));
+    assert_eq!(get_waited(&mut p, "a", ms(99), ms(0)), None);
     assert_eq!(get_waited(&mut p, "a", spill, ms(0)), Some(2));
     assert_eq!(p.status().placements.spilled, 1);
     // Worker 2 now counts as skilled at "a" (half the best score): the
     // next request goes to it at once while worker 1 is full.
     assert_eq!(get(&mut p, "a", ms(0)), Some(2));
-    // The cold request's latency sets the spill time: 4 × 30 ms.
+    // The cold request's latency sets the spill time: 2 × 30 ms.
     put(&mut p, 2, "a", ms(30), Some(ms(30)));
-    assert_eq!(p.spill_after("a"), Some(ms(120)));
+    assert_eq!(p.spill_after("a"), Some(ms(60)));
     // At least 20 ms, at most 2 s.
     p.update_settings(&Settings {
         spill_factor: 0.0,
@@ -337,4 +337,37 @@ fn at_equal_scores_the_worker_whose_resume_names_the_class_wins() {
         assert_eq!(id, 2);
         put(&mut p, id, "a", ms(0), None);
     }
+}
+
+#[test]
+fn a_new_class_waits_for_the_worker_ranking_first_for_it() {
+    let mut p = pool(&[(1, 1, &[("a", 10.0)]), (2, 1, &[])]);
+    // A class worker 1 ranks first for.
+    let class = (0..)
+        .map(|i| format!("n{i}"))
+        .find(|c| rendezvous(c, "10.0.0.1:8000", 1.0) > rendezvous(c, "10.0.0.2:8000", 1.0))
+        .unwrap();
+    // Worker 1 at its bound (one thread, one queued): the new class waits
+    // for it rather than go to worker 2, so that every LB puts it there.
+    assert_eq!(get(&mut p, "a", ms(0)), Some(1));
+    assert_eq!(get(&mut p, "a", ms(0)), Some(1));
+    assert_eq!(get(&mut p, &class, ms(0)), None);
+    put(&mut p, 1, "a", ms(1), Some(ms(1)));
+    assert_eq!(get(&mut p, &class, ms(1)), Some(1));
+    assert_eq!(p.status().placements.new, 0, "it was known once it waited");
+}
+
+#[test]
+fn a_new_class_skips_a_worker_loaded_over_the_pools_mean() {
+    let mut p = pool(&[(1, 2, &[("a", 10.0)]), (2, 2, &[])]);
+    let class = (0..)
+        .map(|i| format!("n{i}"))
+        .find(|c| rendezvous(c, "10.0.0.1:8000", 2.0) > rendezvous(c, "10.0.0.2:8000", 2.0))
+        .unwrap();
+    // Worker 1 busy (2 of 2 threads) for two seconds, worker 2 idle.
+    assert_eq!(get(&mut p, "a", ms(0)), Some(1));
+    assert_eq!(get(&mut p, "a", ms(0)), Some(1));
+    put(&mut p, 1, "a", ms(2000), Some(ms(2000)));
+    assert_eq!(get(&mut p, "a", ms(2000)), Some(1));
+    assert_eq!(get(&mut p, &class, ms(2000)), Some(2));
 }
