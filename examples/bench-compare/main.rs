@@ -1,16 +1,21 @@
-//! `make bench-compare`: resumelb side by side with HAProxy and nginx on
-//! this machine, in one run, under one load generator (ours, keep-alive,
-//! loopback only), with the same cache-simulating backends.
+//! `make bench-compare`: resumelb side by side with HAProxy and nginx (and,
+//! for WSGI applications, granian and gunicorn) on this machine, in one
+//! run, under one load generator (ours, keep-alive, loopback only), with
+//! the same cache-simulating backends.
 //!
 //! W1 (the cache workload): 60 sites with zipf popularity, each request
 //! naming several objects of its site; 4 backends × 4 slots, 5,000 cached
 //! objects each; fresh backends per variant, a warm-up, then a measured
 //! window; hit rates counted at the backends. Regimes W1a, W1b, W1c.
-//! W2 (raw overhead): a tiny response, 32 connections, CPU per process.
+//! W2 (raw overhead): a tiny response, 32 connections, CPU per process;
+//! also a trivial WSGI application in the worker, under waitress and under
+//! granian. W3 (`w3.rs`): W1's shape with a WSGI application that caches.
 //!
 //! Environment: BENCH_QUICK=1 (short windows), BENCH_SECONDS (measured
-//! window), BENCH_WARMUP, BENCH_ONLY=W1a,W2,haproxy,… (regimes and/or
-//! variant name parts), BENCH_OUT (default target/bench-compare).
+//! window), BENCH_WARMUP, BENCH_ROUNDS=N (each variant N times,
+//! interleaved: the median run and the spread, `rounds.rs`),
+//! BENCH_ONLY=W1a,W2,W3,haproxy,… (regimes and/or variant name parts),
+//! BENCH_OUT (default target/bench-compare).
 //! Prints tables and ratios, writes results.md and SVG charts to
 //! BENCH_OUT; exits 1 if a peer could not run (its rows say SKIPPED).
 //!
@@ -19,6 +24,7 @@
 mod backend;
 mod peers;
 mod report;
+mod rounds;
 mod w3;
 mod workload;
 
@@ -46,6 +52,8 @@ const WORKER_THREADS: &str = "4";
 const HISTORY: &str = "100";
 
 struct Settings {
+    /// BENCH_ROUNDS: times each variant is measured, interleaved.
+    rounds: usize,
     warmup: Duration,
     measure: Duration,
     only: Vec<String>,
@@ -62,6 +70,7 @@ impl Settings {
                 .unwrap_or(default)
         };
         Settings {
+            rounds: secs("BENCH_ROUNDS", 1).max(1) as usize,
             warmup: Duration::from_secs(secs("BENCH_WARMUP", if quick { 3 } else { 10 })),
             measure: Duration::from_secs(secs("BENCH_SECONDS", if quick { 8 } else { 25 })),
             only: std::env::var("BENCH_ONLY")
@@ -435,11 +444,13 @@ fn ms(v: f64) -> String {
     format!("{v:.2}")
 }
 
-/// Results of one variant in one regime (`None`: skipped).
+/// Results of one variant in one regime: its run with the median
+/// requests/s (an error: skipped), and the spread of its rounds.
 struct Row {
     name: String,
     ours: bool,
     result: Result<Measured, String>,
+    spread: Option<rounds::Spread>,
 }
 
 fn hit_rate(b: &[Stats]) -> f64 {
@@ -461,13 +472,14 @@ fn shares(b: &[Stats]) -> String {
 }
 
 fn run_w1(s: &Settings, regime: Regime, variants: &[Variant]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for v in variants {
+    let wanted: Vec<&Variant> = variants
+        .iter()
+        .filter(|v| s.wants(regime.name, &v.name()))
+        .collect();
+    let results = rounds::interleave(s.rounds, wanted.len(), |i, round| {
+        let v = wanted[i];
         let name = v.name();
-        if !s.wants(regime.name, &name) {
-            continue;
-        }
-        eprintln!("{}: {name} ...", regime.name);
+        eprintln!("{}: {name} (round {}) ...", regime.name, round + 1);
         let result = (|| -> io::Result<Measured> {
             let backends: Vec<Spawned> = (0..BACKENDS)
                 .map(|_| start_backend(SLOTS, CACHE, regime.miss))
@@ -486,23 +498,36 @@ fn run_w1(s: &Settings, regime: Regime, variants: &[Variant]) -> Vec<Row> {
         if let Err(e) = &result {
             eprintln!("{}: {name}: SKIPPED: {e}", regime.name);
         }
-        rows.push(Row {
-            name,
+        result
+    });
+    rows_of(&wanted, results)
+}
+
+fn rows_of(
+    variants: &[&Variant],
+    results: Vec<(Result<Measured, String>, Option<rounds::Spread>)>,
+) -> Vec<Row> {
+    variants
+        .iter()
+        .zip(results)
+        .map(|(v, (result, spread))| Row {
+            name: v.name(),
             ours: v.is_ours(),
             result,
-        });
-    }
-    rows
+            spread,
+        })
+        .collect()
 }
 
 fn run_w2(s: &Settings, variants: &[Variant]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for v in variants {
+    let wanted: Vec<&Variant> = variants
+        .iter()
+        .filter(|v| s.wants("W2", &v.name()))
+        .collect();
+    let results = rounds::interleave(s.rounds, wanted.len(), |i, round| {
+        let v = wanted[i];
         let name = v.name();
-        if !s.wants("W2", &name) {
-            continue;
-        }
-        eprintln!("W2: {name} ...");
+        eprintln!("W2: {name} (round {}) ...", round + 1);
         let result = (|| -> io::Result<Measured> {
             let backends = vec![start_backend(64, 1, Duration::ZERO)?];
             let addrs = vec![backends[0].addr];
@@ -518,13 +543,9 @@ fn run_w2(s: &Settings, variants: &[Variant]) -> Vec<Row> {
         if let Err(e) = &result {
             eprintln!("W2: {name}: SKIPPED: {e}");
         }
-        rows.push(Row {
-            name,
-            ours: v.is_ours(),
-            result,
-        });
-    }
-    rows
+        result
+    });
+    rows_of(&wanted, results)
 }
 
 /// "resumelb resume / resumelb classic: …" (the default pool against the
@@ -608,9 +629,9 @@ fn w1_table(rows: &[Row]) -> Table {
         match &r.result {
             Ok(m) => t.row(vec![
                 r.name.clone(),
-                format!("{:.0}", m.load.rate()),
+                rounds::with_spread(format!("{:.0}", m.load.rate()), r.spread.map(|x| x.rate), 0),
                 ms(m.load.percentile_ms(50.0)),
-                ms(m.load.percentile_ms(99.0)),
+                rounds::with_spread(ms(m.load.percentile_ms(99.0)), r.spread.map(|x| x.p99), 2),
                 format!("{:.1}%", hit_rate(&m.backends) * 100.0),
                 shares(&m.backends),
                 ["LB", "haproxy", "nginx"]
@@ -698,9 +719,9 @@ fn w2_table(rows: &[Row]) -> (Table, Vec<String>) {
             .sum();
         t.row(vec![
             r.name.clone(),
-            format!("{:.0}", m.load.rate()),
+            rounds::with_spread(format!("{:.0}", m.load.rate()), r.spread.map(|x| x.rate), 0),
             ms(m.load.percentile_ms(50.0)),
-            ms(m.load.percentile_ms(99.0)),
+            rounds::with_spread(ms(m.load.percentile_ms(99.0)), r.spread.map(|x| x.p99), 2),
             if lb.is_some() {
                 format!("{lb_secs:.2}")
             } else {
@@ -757,6 +778,21 @@ fn version_of(cmd: &str, arg: &str) -> String {
         })
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| format!("{cmd}: not installed"))
+}
+
+/// A Python peer's version from the bench virtualenv.
+fn python_version(program: &str) -> String {
+    let Ok(python) = bench_python() else {
+        return format!("{program}: no virtualenv");
+    };
+    let bin = python.with_file_name(program);
+    std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("{program}: not installed"))
 }
 
 fn chart(title: &str, rows: &[Row], hit: bool) -> String {
@@ -879,16 +915,22 @@ fn main() -> io::Result<()> {
         Variant::Python(Py::InWorker),
     ];
     let header = format!(
-        "resumelb bench-compare on {}\n{}; {}; warm-up {} s, measured {} s per variant\n\
+        "resumelb bench-compare on {}\n{}; {}; warm-up {} s, measured {} s per variant, {} round(s)\n\
          W1: {BACKENDS} backends x {SLOTS} slots, {CACHE} cached objects each, {} sites, \
          {W1_CONNECTIONS} keep-alive connections; workers --threads {WORKER_THREADS} \
-         --history {HISTORY}\n",
+         --history {HISTORY}\n\
+         W3: {} processes x {} threads of a caching WSGI application; {}; {}\n",
         machine(),
         version_of("haproxy", "-v"),
         version_of("nginx", "-v"),
         s.warmup.as_secs(),
         s.measure.as_secs(),
+        s.rounds,
         workload::SITES,
+        w3::PROCESSES,
+        w3::THREADS,
+        python_version("granian"),
+        python_version("gunicorn"),
     );
     print!("{header}");
     let mut md = format!("{}\n", header.replace('\n', "  \n"));

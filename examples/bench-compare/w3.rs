@@ -16,7 +16,7 @@ use resumelb::loadgen::{bin_dir, run, spawn_env, LoadSpec, Spawned};
 use crate::backend::Stats;
 use crate::peers::{self, Balance, TempDir};
 use crate::workload::{self, Regime};
-use crate::{bench_python, cpu_seconds, Measured, Row, Settings, HELLO_WSGI, HISTORY};
+use crate::{bench_python, cpu_seconds, rounds, Measured, Row, Settings, HELLO_WSGI, HISTORY};
 
 pub const PROCESSES: usize = 4;
 pub const THREADS: usize = 4;
@@ -392,24 +392,31 @@ pub fn placements(sockets: &[PathBuf]) -> Option<String> {
     })
 }
 
-/// Every W3 variant `s` selects, in a regime.
+/// Every W3 variant `s` selects, in a regime, `s.rounds` times
+/// interleaved.
 pub fn run_regime(s: &Settings, regime: Regime) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for v in Variant::all() {
+    let wanted: Vec<Variant> = Variant::all()
+        .into_iter()
+        .filter(|v| s.wants(regime.name, &v.name()))
+        .collect();
+    let results = rounds::interleave(s.rounds, wanted.len(), |i, round| {
+        let v = &wanted[i];
         let name = v.name();
-        if !s.wants(regime.name, &name) {
-            continue;
-        }
-        eprintln!("{}: {name} ...", regime.name);
-        let result = measure(s, &v, regime).map_err(|e| e.to_string());
+        eprintln!("{}: {name} (round {}) ...", regime.name, round + 1);
+        let result = measure(s, v, regime).map_err(|e| e.to_string());
         if let Err(e) = &result {
             eprintln!("{}: {name}: SKIPPED: {e}", regime.name);
         }
-        rows.push(Row {
-            name,
+        result
+    });
+    wanted
+        .iter()
+        .zip(results)
+        .map(|(v, (result, spread))| Row {
+            name: v.name(),
             ours: matches!(v, Variant::Resumelb(_)),
             result,
-        });
-    }
-    rows
+            spread,
+        })
+        .collect()
 }

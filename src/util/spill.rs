@@ -65,6 +65,30 @@ impl Read for BodyReader {
     }
 }
 
+/// Buffered reads straight from the memory or the file's own buffer.
+impl io::BufRead for BodyReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            BodyReader::Memory(c) => c.fill_buf(),
+            BodyReader::File(f, _) => f.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match self {
+            BodyReader::Memory(c) => c.consume(n),
+            BodyReader::File(f, _) => f.consume(n),
+        }
+    }
+}
+
+impl BodyReader {
+    /// Reading it may wait on the disk.
+    pub fn on_disk(&self) -> bool {
+        matches!(self, BodyReader::File(..))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,6 +113,15 @@ impl Sink {
         Ok(())
     }
 
+    /// Whether [`Sink::body`] with `len` bytes would hand frames to the I/O
+    /// thread, which may wait on the connection's flow limit (smaller
+    /// pieces are only buffered).
+    pub fn would_hand_over(&self, len: usize) -> bool {
+        // Each frame adds 8 bytes of header and up to 9 of CBOR.
+        let framing = 17 * (len / MAX_CHUNK + 1);
+        self.frames.len() + len + framing >= BATCH
+    }
+
     /// Send body bytes (after the head). False when no more body is
     /// wanted: the request is a `HEAD`, was cancelled, or its connection
     /// closed; the application should stop producing it.

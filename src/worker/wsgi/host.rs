@@ -134,7 +134,14 @@ impl WsgiApp {
         Ok(env)
     }
 
-    fn serve_py(&self, py: Python<'_>, request: Request, sink: Sink) -> Result<(), AppError> {
+    /// Serve the request; the sink to end (outside the GIL: ending may wait
+    /// on the connection's flow limit) when the response is complete.
+    fn serve_py(
+        &self,
+        py: Python<'_>,
+        request: Request,
+        sink: Sink,
+    ) -> Result<Option<Sink>, AppError> {
         let trace = request.trace.clone();
         let state = Arc::new(Mutex::new(Respond::new(sink)));
         let errors = Bound::new(py, Errors::new(trace.id()))?;
@@ -169,10 +176,10 @@ impl WsgiApp {
         // From here on, a sink dropped without end() answers 500 or aborts
         // the response; a cancelled one just ends.
         let Some(sink) = sink else {
-            return Ok(());
+            return Ok(None);
         };
         if sink.is_cancelled() {
-            return Ok(());
+            return Ok(None);
         }
         if let Err(e) = outcome {
             log::error!(
@@ -180,7 +187,7 @@ impl WsgiApp {
                 trace.id(),
                 traceback(py, &e)
             );
-            return Ok(());
+            return Ok(None);
         }
         head?;
         if let Some(left) = remaining.filter(|&l| l > 0 && !sink.is_head_only()) {
@@ -189,8 +196,7 @@ impl WsgiApp {
             )
             .into());
         }
-        sink.end();
-        Ok(())
+        Ok(Some(sink))
     }
 }
 
@@ -237,9 +243,14 @@ fn send_chunk(
     if data.is_empty() {
         return Ok(true);
     }
-    let wrote = py
-        .detach(|| state.lock().write(data))
-        .map_err(pyo3::exceptions::PyAssertionError::new_err)?;
+    // Buffering a small piece never waits: the GIL stays (giving it up
+    // hands it to another thread, and costs two switches).
+    let wrote = if state.lock().may_wait(data.len()) {
+        py.detach(|| state.lock().write(data))
+    } else {
+        state.lock().write(data)
+    }
+    .map_err(pyo3::exceptions::PyAssertionError::new_err)?;
     Ok(wrote == Wrote::More)
 }
 
@@ -343,6 +354,9 @@ impl App for WsgiApp {
     }
 
     fn serve(&self, request: Request, sink: Sink) -> Result<(), AppError> {
-        Python::attach(|py| self.serve_py(py, request, sink))
+        if let Some(sink) = Python::attach(|py| self.serve_py(py, request, sink))? {
+            sink.end();
+        }
+        Ok(())
     }
 }

@@ -83,6 +83,12 @@ impl Respond {
         Ok(())
     }
 
+    /// Whether writing `len` bytes may wait (on the connection's flow
+    /// limit): only then is it worth releasing the GIL.
+    pub(super) fn may_wait(&self, len: usize) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.would_hand_over(len))
+    }
+
     /// Body bytes (the head goes first), cut at the `Content-Length`.
     pub(super) fn write(&mut self, data: &[u8]) -> Result<Wrote, String> {
         self.send_head()?;
@@ -165,9 +171,12 @@ impl StartResponse {
         })?;
         let bytes = data.as_bytes();
         let state = &self.state;
-        let wrote = py
-            .detach(|| state.lock().write(bytes))
-            .map_err(PyAssertionError::new_err)?;
+        let wrote = if state.lock().may_wait(bytes.len()) {
+            py.detach(|| state.lock().write(bytes))
+        } else {
+            state.lock().write(bytes)
+        }
+        .map_err(PyAssertionError::new_err)?;
         if wrote == Wrote::Gone {
             return Err(PyOSError::new_err("the client went away"));
         }

@@ -2,7 +2,7 @@
 //! body), `wsgi.errors` (lines to the worker's log) and `tracelog` (records
 //! in the trace log for the request).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
@@ -13,16 +13,27 @@ use crate::tracelog::Trace;
 use crate::util::spill::BodyReader;
 
 /// `wsgi.input`: the whole request body, in memory or in its spill file.
-/// Reads release the GIL.
+/// Reads from the file release the GIL.
 #[pyclass(module = "resumelb")]
 pub(super) struct Input {
-    body: Mutex<BufReader<BodyReader>>,
+    body: Mutex<BodyReader>,
+    on_disk: bool,
 }
 
 impl Input {
     pub(super) fn new(body: BodyReader) -> Input {
         Input {
-            body: Mutex::new(BufReader::with_capacity(64 * 1024, body)),
+            on_disk: body.on_disk(),
+            body: Mutex::new(body),
+        }
+    }
+
+    /// Run `f` without the GIL when it may wait on the disk.
+    fn reading<T: Send>(&self, py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+        if self.on_disk {
+            py.detach(f)
+        } else {
+            f()
         }
     }
 
@@ -78,13 +89,13 @@ fn limit(size: Option<isize>) -> Option<usize> {
 impl Input {
     #[pyo3(signature = (size=-1))]
     fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = py.detach(|| self.read_up_to(limit(size)))?;
+        let data = self.reading(py, || self.read_up_to(limit(size)))?;
         Ok(PyBytes::new(py, &data))
     }
 
     #[pyo3(signature = (size=-1))]
     fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = py.detach(|| self.line(limit(size)))?;
+        let data = self.reading(py, || self.line(limit(size)))?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -96,7 +107,7 @@ impl Input {
         hint: Option<isize>,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let hint = limit(hint).filter(|&h| h > 0);
-        let lines = py.detach(|| -> std::io::Result<Vec<Vec<u8>>> {
+        let lines = self.reading(py, || -> std::io::Result<Vec<Vec<u8>>> {
             let mut lines = Vec::new();
             let mut total = 0;
             loop {
@@ -120,7 +131,7 @@ impl Input {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let line = py.detach(|| self.line(None))?;
+        let line = self.reading(py, || self.line(None))?;
         Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
     }
 }
