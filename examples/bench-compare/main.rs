@@ -147,8 +147,9 @@ enum Variant {
         pool: String,
         lbs: usize,
     },
-    /// resumelb with workers running the in-process demo app (W2).
-    ResumelbDemo,
+    /// resumelb with a worker running the in-process demo app with this
+    /// many threads (W2).
+    ResumelbDemo(&'static str),
     Peer(Balance),
     /// Straight at the backend (W2).
     Direct,
@@ -159,8 +160,8 @@ enum Variant {
 /// Where W2's WSGI application runs.
 #[derive(Clone, Copy)]
 enum Py {
-    /// In the worker (`--app wsgi:`).
-    InWorker,
+    /// In the worker (`--app wsgi:`), with this many threads.
+    InWorker(&'static str),
     /// Under waitress, the worker forwarding to it (`--app upstream:`).
     Upstream,
     /// Under waitress, the load straight at it.
@@ -170,6 +171,15 @@ enum Py {
     Granian,
     /// Under granian, nginx in front.
     NginxGranian,
+}
+
+/// " --threads N" unless N is the usual count.
+fn threads_suffix(threads: &str) -> String {
+    if threads == WORKER_THREADS {
+        String::new()
+    } else {
+        format!(" --threads {threads}")
+    }
 }
 
 const HELLO_WSGI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bench-compare");
@@ -200,14 +210,18 @@ impl Variant {
         match self {
             Variant::Resumelb { pool, lbs: 1 } => format!("resumelb {pool}"),
             Variant::Resumelb { pool, lbs } => format!("resumelb {pool} x{lbs} LBs"),
-            Variant::ResumelbDemo => "resumelb + worker --app demo".into(),
+            Variant::ResumelbDemo(t) => {
+                format!("resumelb + worker --app demo{}", threads_suffix(t))
+            }
             Variant::Peer(Balance::HaproxyHash) => "haproxy hdr(host) consistent".into(),
             Variant::Peer(Balance::HaproxyLeastconn) => "haproxy leastconn".into(),
             Variant::Peer(Balance::NginxHash) => "nginx hash $host consistent".into(),
             Variant::Peer(Balance::HaproxyPlain) => "haproxy proxy".into(),
             Variant::Peer(Balance::NginxPlain) => "nginx proxy".into(),
             Variant::Direct => "direct to the backend".into(),
-            Variant::Python(Py::InWorker) => "resumelb + worker --app wsgi:".into(),
+            Variant::Python(Py::InWorker(t)) => {
+                format!("resumelb + worker --app wsgi:{}", threads_suffix(t))
+            }
             Variant::Python(Py::Upstream) => "resumelb + worker --app upstream: -> waitress".into(),
             Variant::Python(Py::Direct) => "waitress direct".into(),
             Variant::Python(Py::Granian) => "granian direct".into(),
@@ -219,14 +233,14 @@ impl Variant {
         matches!(
             self,
             Variant::Resumelb { .. }
-                | Variant::ResumelbDemo
-                | Variant::Python(Py::InWorker | Py::Upstream)
+                | Variant::ResumelbDemo(_)
+                | Variant::Python(Py::InWorker(_) | Py::Upstream)
         )
     }
 
     /// Uses the Rust backend.
     fn uses_backend(&self) -> bool {
-        !matches!(self, Variant::ResumelbDemo | Variant::Python(_))
+        !matches!(self, Variant::ResumelbDemo(_) | Variant::Python(_))
     }
 }
 
@@ -298,7 +312,7 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 _dir: None,
             })
         }
-        Variant::Resumelb { .. } | Variant::ResumelbDemo | Variant::Python(_) => {
+        Variant::Resumelb { .. } | Variant::ResumelbDemo(_) | Variant::Python(_) => {
             let (pool, lbs) = match variant {
                 Variant::Resumelb { pool, lbs } => (pool.as_str(), *lbs),
                 _ => ("resume", 1),
@@ -309,8 +323,8 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
             // The demo and WSGI apps answer in the worker itself: one
             // worker, no backend; waitress counts as the worker's side.
             let apps: Vec<String> = match variant {
-                Variant::ResumelbDemo => vec!["demo".to_string()],
-                Variant::Python(Py::InWorker) => vec!["wsgi:hello_wsgi".to_string()],
+                Variant::ResumelbDemo(_) => vec!["demo".to_string()],
+                Variant::Python(Py::InWorker(_)) => vec!["wsgi:hello_wsgi".to_string()],
                 Variant::Python(_) => {
                     let waitress = start_waitress()?;
                     pids.push(("worker", waitress.child.id()));
@@ -320,6 +334,10 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                 }
                 _ => backends.iter().map(|b| format!("upstream:{b}")).collect(),
             };
+            let threads = match variant {
+                Variant::ResumelbDemo(t) | Variant::Python(Py::InWorker(t)) => t,
+                _ => WORKER_THREADS,
+            };
             for app in apps {
                 let mut args = vec![
                     "-a",
@@ -327,7 +345,7 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
                     "--app",
                     &app,
                     "--threads",
-                    WORKER_THREADS,
+                    threads,
                     "--history",
                     HISTORY,
                     "--demo-miss-ms",
@@ -695,6 +713,20 @@ fn w2_table(rows: &[Row]) -> (Table, Vec<String>) {
             ours.load.percentile_ms(99.0) / peer.load.percentile_ms(99.0).max(1e-9)
         ));
     }
+    // More app threads must not slow a CPU-bound application down.
+    for app in ["demo", "wsgi:"] {
+        let base = format!("resumelb + worker --app {app}");
+        if let (Some(one), Some(eight)) = (
+            find(&format!("{base} --threads 1")),
+            find(&format!("{base} --threads 8")),
+        ) {
+            notes.push(format!(
+                "{base} --threads 8 / --threads 1: throughput {:.2}x, p99 {:.2}x",
+                eight.load.rate() / one.load.rate().max(1e-9),
+                eight.load.percentile_ms(99.0) / one.load.percentile_ms(99.0).max(1e-9)
+            ));
+        }
+    }
     if rows.iter().any(|r| r.name.contains("-> waitress")) {
         notes.push(
             "worker us/req of \"-> waitress\" counts the worker and waitress together".to_string(),
@@ -907,12 +939,16 @@ fn main() -> io::Result<()> {
             pool: "resume".into(),
             lbs: 1,
         },
-        Variant::ResumelbDemo,
+        Variant::ResumelbDemo(WORKER_THREADS),
+        Variant::ResumelbDemo("1"),
+        Variant::ResumelbDemo("8"),
         Variant::Python(Py::Direct),
         Variant::Python(Py::Upstream),
         Variant::Python(Py::Granian),
         Variant::Python(Py::NginxGranian),
-        Variant::Python(Py::InWorker),
+        Variant::Python(Py::InWorker(WORKER_THREADS)),
+        Variant::Python(Py::InWorker("1")),
+        Variant::Python(Py::InWorker("8")),
     ];
     let header = format!(
         "resumelb bench-compare on {}\n{}; {}; warm-up {} s, measured {} s per variant, {} round(s)\n\
