@@ -17,8 +17,10 @@ use crate::util::intmap::IntMap;
 /// Extra requests in flight a worker may hold beyond its threads: enough to
 /// cover this long a round trip to the LB at its measured latency (a loaded
 /// machine takes milliseconds to schedule the LB: with 1 ms, W3a of `make
-/// bench-compare` lost a quarter of its throughput to idle threads).
-const ROUND_TRIP: Duration = Duration::from_millis(5);
+/// bench-compare` lost a quarter of its throughput to idle threads; with
+/// 5 ms, W1a and W1c did 0.92x the classic pool, the requests waiting at
+/// the LB costing it a serving pass each; 20 ms: 1.13x and 1.74x).
+const ROUND_TRIP: Duration = Duration::from_millis(20);
 /// A worker with requests in flight that has finished none for this many
 /// times its usual latency (and at least `MIN_STALL`) takes no new ones.
 const STALL_LATENCIES: f64 = 10.0;

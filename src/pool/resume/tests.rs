@@ -66,10 +66,10 @@ fn a_worker_holds_no_more_than_its_bound() {
     }
     assert_eq!(get(&mut p, "a", ms(0)), None, "full: the request waits");
     assert!(!p.has_free());
-    // Slow responses (10 ms): one more than its threads covers a 5 ms
+    // Slow responses (40 ms): one more than its threads covers a 20 ms
     // round trip.
     for _ in 0..4 {
-        put(&mut p, 1, "a", ms(10), Some(ms(10)));
+        put(&mut p, 1, "a", ms(10), Some(ms(40)));
     }
     let taken = (0..10)
         .filter(|_| get(&mut p, "a", ms(10)).is_some())
