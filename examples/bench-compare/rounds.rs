@@ -1,8 +1,8 @@
 //! `BENCH_ROUNDS=N`: each variant measured N times, the variants
 //! interleaved (round 1 of every variant, then round 2, …), so that a
 //! machine whose speed drifts by ±30% still ranks them. A variant's row is
-//! its run with the median requests/s; the table adds the lowest and
-//! highest requests/s and p99 of its rounds.
+//! its run with the median requests/s (of an even count, the upper one);
+//! the table adds the lowest and highest requests/s and p99 of its rounds.
 
 use crate::Measured;
 
