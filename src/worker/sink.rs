@@ -117,9 +117,12 @@ impl Sink {
     /// thread, which may wait on the connection's flow limit (smaller
     /// pieces are only buffered).
     pub fn would_hand_over(&self, len: usize) -> bool {
-        // Each frame adds 8 bytes of header and up to 9 of CBOR.
+        // Each frame adds 8 bytes of header and up to 9 of CBOR; a head not
+        // sent yet (a WSGI application's goes with its first piece) is
+        // allowed 16 KiB.
+        let head = if self.code.is_none() { 16 * 1024 } else { 0 };
         let framing = 17 * (len / MAX_CHUNK + 1);
-        self.frames.len() + len + framing >= BATCH
+        self.frames.len() + head + len + framing >= BATCH
     }
 
     /// Send body bytes (after the head). False when no more body is
