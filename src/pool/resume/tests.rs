@@ -339,14 +339,18 @@ fn at_equal_scores_the_worker_whose_resume_names_the_class_wins() {
     }
 }
 
+/// A class worker 1 ranks first for against worker 2, both with `threads`.
+fn ranked_first_by_worker_1(threads: f64) -> String {
+    (0..)
+        .map(|i| format!("n{i}"))
+        .find(|c| rendezvous(c, "10.0.0.1:8000", threads) > rendezvous(c, "10.0.0.2:8000", threads))
+        .expect("some class ranks worker 1 first")
+}
+
 #[test]
 fn a_new_class_waits_for_the_worker_ranking_first_for_it() {
     let mut p = pool(&[(1, 1, &[("a", 10.0)]), (2, 1, &[])]);
-    // A class worker 1 ranks first for.
-    let class = (0..)
-        .map(|i| format!("n{i}"))
-        .find(|c| rendezvous(c, "10.0.0.1:8000", 1.0) > rendezvous(c, "10.0.0.2:8000", 1.0))
-        .unwrap();
+    let class = ranked_first_by_worker_1(1.0);
     // Worker 1 at its bound (one thread, one queued): the new class waits
     // for it rather than go to worker 2, so that every LB puts it there.
     assert_eq!(get(&mut p, "a", ms(0)), Some(1));
@@ -360,10 +364,7 @@ fn a_new_class_waits_for_the_worker_ranking_first_for_it() {
 #[test]
 fn a_new_class_skips_a_worker_loaded_over_the_pools_mean() {
     let mut p = pool(&[(1, 2, &[("a", 10.0)]), (2, 2, &[])]);
-    let class = (0..)
-        .map(|i| format!("n{i}"))
-        .find(|c| rendezvous(c, "10.0.0.1:8000", 2.0) > rendezvous(c, "10.0.0.2:8000", 2.0))
-        .unwrap();
+    let class = ranked_first_by_worker_1(2.0);
     // Worker 1 busy (2 of 2 threads) for two seconds, worker 2 idle.
     assert_eq!(get(&mut p, "a", ms(0)), Some(1));
     assert_eq!(get(&mut p, "a", ms(0)), Some(1));

@@ -15,7 +15,7 @@ use super::WsgiSpec;
 
 use super::super::app::{App, AppError, Request, Response};
 use super::super::sink::Sink;
-use super::respond::{type_name, Respond, StartResponse, Wrote};
+use super::respond::{type_name, write_from_python, Respond, StartResponse, Wrote};
 use super::streams::{Errors, Input, TraceLog};
 
 /// Python helpers: `wsgi.file_wrapper`.
@@ -243,14 +243,8 @@ fn send_chunk(
     if data.is_empty() {
         return Ok(true);
     }
-    // Buffering a small piece never waits: the GIL stays (giving it up
-    // hands it to another thread, and costs two switches).
-    let wrote = if state.lock().may_wait(data.len()) {
-        py.detach(|| state.lock().write(data))
-    } else {
-        state.lock().write(data)
-    }
-    .map_err(pyo3::exceptions::PyAssertionError::new_err)?;
+    let wrote =
+        write_from_python(py, state, data).map_err(pyo3::exceptions::PyAssertionError::new_err)?;
     Ok(wrote == Wrote::More)
 }
 

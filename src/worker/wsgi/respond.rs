@@ -85,7 +85,7 @@ impl Respond {
 
     /// Whether writing `len` bytes may wait (on the connection's flow
     /// limit): only then is it worth releasing the GIL.
-    pub(super) fn may_wait(&self, len: usize) -> bool {
+    fn may_wait(&self, len: usize) -> bool {
         self.sink.as_ref().is_some_and(|s| s.would_hand_over(len))
     }
 
@@ -170,18 +170,29 @@ impl StartResponse {
             PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data)))
         })?;
         let bytes = data.as_bytes();
-        let state = &self.state;
-        let wrote = if state.lock().may_wait(bytes.len()) {
-            py.detach(|| state.lock().write(bytes))
-        } else {
-            state.lock().write(bytes)
-        }
-        .map_err(PyAssertionError::new_err)?;
+        let wrote = write_from_python(py, &self.state, bytes).map_err(PyAssertionError::new_err)?;
         if wrote == Wrote::Gone {
             return Err(PyOSError::new_err("the client went away"));
         }
         Ok(())
     }
+}
+
+/// [`Respond::write`] from a thread holding the GIL: buffering a small
+/// piece never waits, so the GIL stays (giving it up hands it to another
+/// thread, and costs two switches); a write that may wait on the flow
+/// limit gives it up meanwhile.
+pub(super) fn write_from_python(
+    py: Python<'_>,
+    state: &Mutex<Respond>,
+    data: &[u8],
+) -> Result<Wrote, String> {
+    let mut respond = state.lock();
+    if !respond.may_wait(data.len()) {
+        return respond.write(data);
+    }
+    drop(respond);
+    py.detach(|| state.lock().write(data))
 }
 
 pub(super) fn type_name(obj: &Bound<'_, PyAny>) -> String {
