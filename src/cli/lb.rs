@@ -67,8 +67,16 @@ pub fn common_options(o: &mut Options) {
     o.optopt(
         "",
         "metrics-address",
-        "serve Prometheus metrics at http://HOST:PORT/metrics",
+        "serve the pool's page at http://HOST:PORT/, the status document at /status.json \
+         and Prometheus metrics at /metrics",
         "HOST:PORT",
+    );
+    o.optopt(
+        "",
+        "metrics-auth-file",
+        "ask for HTTP basic authentication on the metrics address, with the users of this \
+         htpasswd file (bcrypt or SHA-crypt hashes; read again on SIGHUP)",
+        "PATH",
     );
     o.optopt(
         "",
@@ -168,6 +176,11 @@ pub fn common_config(m: &Matches) -> Result<LbConfig, CliError> {
             "--max-connections must be at least 1".into(),
         ));
     }
+    if m.opt_present("metrics-auth-file") && !m.opt_present("metrics-address") {
+        return Err(CliError::Usage(
+            "--metrics-auth-file needs --metrics-address".into(),
+        ));
+    }
     Ok(LbConfig {
         address: m.opt_str("address").unwrap_or_else(|| ":8080".into()),
         backlog,
@@ -180,6 +193,7 @@ pub fn common_config(m: &Matches) -> Result<LbConfig, CliError> {
         access_log,
         handle_signals: true,
         metrics_address: m.opt_str("metrics-address"),
+        metrics_auth_file: m.opt_str("metrics-auth-file").map(Into::into),
         metrics_max_classes: value(m, "metrics-max-classes", 100)?,
         secret: super::secret_file(m)?,
         ..LbConfig::default()

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use mio::Registry;
 
+use super::board::Board;
+use super::htpasswd::AuthFile;
 use super::metrics::Metrics;
 use super::spill::SpillIo;
 use super::LbConfig;
@@ -56,6 +58,8 @@ pub(super) enum Due {
     Stop,
     /// Waiting requests may go to any free worker now.
     ServeWaiting,
+    /// Take rates and a history point (each `board::TICK`).
+    Tick,
 }
 
 /// A worker's frame for a client's exchange.
@@ -101,6 +105,10 @@ pub(super) struct Ctx {
     pub(super) balancer: Balancer,
     pub(super) counters: Counters,
     pub(super) metrics: Metrics,
+    /// Events and history for the page.
+    pub(super) board: Board,
+    /// The observability listener's users, read again on SIGHUP.
+    pub(super) auth: Option<std::sync::Arc<AuthFile>>,
     pub(super) spill_io: SpillIo,
     pub(super) dirty: DirtySet<Dirty>,
     pub(super) deadlines: Deadlines<Due>,
@@ -130,6 +138,8 @@ impl Ctx {
             balancer,
             counters: Counters::default(),
             metrics,
+            board: Board::default(),
+            auth: None,
             spill_io,
             dirty: DirtySet::default(),
             deadlines: Deadlines::default(),

@@ -5,13 +5,17 @@
 //! worker, passing a response frame on) happens here, in `apply`.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Receiver;
 use mio::{Poll, Token};
 
+use super::board::{Point, TICK};
 use super::clients::{self, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
+use super::htpasswd::AuthFile;
+use super::observe::DEFAULT_CLASSES;
 use super::report;
 use super::reqbody::BODY_BIT;
 use super::resolver::Resolver;
@@ -48,10 +52,17 @@ pub(super) struct Loop {
     accept_retry: Option<Instant>,
     /// When waiting requests may next go to any free worker.
     spill_armed: Armed,
+    /// When rates were last taken.
+    last_tick: Instant,
 }
 
 impl Loop {
-    pub(super) fn new(bound: Bound, cfg: LbConfig, control: Control<Command>) -> io::Result<Loop> {
+    pub(super) fn new(
+        bound: Bound,
+        cfg: LbConfig,
+        control: Control<Command>,
+        auth: Option<Arc<AuthFile>>,
+    ) -> io::Result<Loop> {
         let Bound {
             poll,
             waker,
@@ -75,9 +86,13 @@ impl Loop {
             spilled,
             accept_retry: None,
             spill_armed: Armed::default(),
+            last_tick: Instant::now(),
         };
         lp.workers.set(specs, &mut lp.ctx);
+        lp.ctx.auth = auth;
         lp.ctx.deadlines.push(Instant::now() + TRIM_IDLE, Due::Trim);
+        lp.ctx.deadlines.push(Instant::now() + TICK, Due::Tick);
+        lp.last_tick = Instant::now();
         lp.apply();
         Ok(lp)
     }
@@ -274,7 +289,7 @@ impl Loop {
         let mut stops = Stops::default();
         let (commands, reopen) = self.control.take(&mut stops);
         if reopen {
-            self.ctx.cfg.access_log.reopen();
+            self.reopen();
         }
         for cmd in commands {
             match cmd {
@@ -292,13 +307,29 @@ impl Loop {
                         s.eject_after
                     );
                     self.ctx.balancer.update_settings(&s);
+                    let text = format!(
+                        "pool settings: variance {}, backlog_history {}, unskilled_score {}, \
+                         slow_factor {}, spill_factor {}, max_depth {}, eject_after {}",
+                        s.variance,
+                        s.backlog_history,
+                        s.unskilled_score,
+                        s.slow_factor,
+                        s.spill_factor,
+                        s.max_depth,
+                        s.eject_after
+                    );
+                    self.ctx.board.event("settings", None, text);
                 }
                 Command::Stop => stops.graceful(),
                 Command::StopNow => stops.at_once(),
-                Command::Reopen => self.ctx.cfg.access_log.reopen(),
+                Command::Reopen => self.reopen(),
                 Command::Scrape(tx) => {
                     let text = report::metrics_text(&self.ctx, &self.workers, &self.clients);
                     let _ = tx.send(text);
+                }
+                Command::Document(classes, tx) => {
+                    let doc = report::document(&self.ctx, &self.workers, &self.clients, classes);
+                    let _ = tx.send(doc);
                 }
             }
             self.apply();
@@ -308,6 +339,31 @@ impl Loop {
             self.start_stopping();
         }
         verdict
+    }
+
+    /// SIGHUP: the access log reopened, the metrics auth file read again.
+    fn reopen(&mut self) {
+        self.ctx.cfg.access_log.reopen();
+        if let Some(a) = &self.ctx.auth {
+            a.reload();
+        }
+    }
+
+    /// Rates, and a history point for the page.
+    fn tick(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.last_tick).as_secs_f64();
+        self.last_tick = now;
+        self.ctx.metrics.tick(secs);
+        self.workers.tick(secs);
+        let st = self.ctx.balancer.status();
+        self.ctx.board.sample(Point {
+            at: SystemTime::now(),
+            requests_per_s: self.ctx.metrics.rate.per_second(),
+            backlog: st.backlog,
+            in_flight: self.workers.in_flight(),
+            waiting: self.clients.waiting(),
+        });
+        self.ctx.deadlines.push(now + TICK, Due::Tick);
     }
 
     fn start_stopping(&mut self) {
@@ -346,6 +402,7 @@ impl Loop {
                 Due::Reconnect => self.workers.on_reconnect(at, now, &mut self.ctx),
                 Due::Accept => self.maybe_resume_accepting(),
                 Due::Trim => self.trim_memory(now),
+                Due::Tick => self.tick(now),
                 Due::ServeWaiting => {
                     if self.spill_armed.fire(at) {
                         self.serve_waiting();
@@ -434,8 +491,9 @@ impl Reactor for Loop {
         if token == STATUS {
             let registry = self.poll.registry();
             let (ctx, workers, clients) = (&self.ctx, &self.workers, &self.clients);
-            self.status
-                .accept(registry, || report::document(ctx, workers, clients));
+            self.status.accept(registry, || {
+                report::document(ctx, workers, clients, DEFAULT_CLASSES)
+            });
         } else {
             self.conn_event(token, ready);
         }

@@ -14,12 +14,15 @@
 //! client never holds up a worker and the I/O thread never waits on disk.
 
 mod access;
+mod board;
 mod clients;
 mod ctx;
 pub(crate) mod environ;
 mod event_loop;
 mod exchange;
+pub(crate) mod htpasswd;
 pub(crate) mod metrics;
+pub(crate) mod observe;
 pub(crate) mod outbuf;
 mod outliers;
 mod report;
@@ -79,8 +82,12 @@ pub struct LbConfig {
     pub spill_threshold: usize,
     /// A client's response bytes kept in memory before spilling to a file.
     pub client_mem_cap: usize,
-    /// Serve Prometheus metrics here.
+    /// Serve Prometheus metrics, the status document and the pool's page
+    /// here.
     pub metrics_address: Option<String>,
+    /// Ask for HTTP basic authentication there, with the users of this
+    /// htpasswd file.
+    pub metrics_auth_file: Option<PathBuf>,
     /// Request classes named in metrics; the rest are `other`.
     pub metrics_max_classes: usize,
     /// Answer workers' challenges under this secret, and refuse workers
@@ -111,6 +118,7 @@ impl Default for LbConfig {
             spill_threshold: 1 << 20,
             client_mem_cap: 256 * 1024,
             metrics_address: None,
+            metrics_auth_file: None,
             metrics_max_classes: 100,
             secret: None,
         }
@@ -141,10 +149,12 @@ pub enum Command {
     UpdateSettings(Settings),
     Stop,
     StopNow,
-    /// Reopen the access log.
+    /// Reopen the access log (and read the metrics auth file again).
     Reopen,
     /// Send the metrics text.
-    Scrape(metrics::Scrape),
+    Scrape(Sender<String>),
+    /// Send the status document with this many busiest request classes.
+    Document(usize, Sender<Vec<u8>>),
 }
 
 /// Controls a running LB from another thread (ZooKeeper, tests).
@@ -195,18 +205,31 @@ impl Lb {
             self.control.handle_signals(&self.bound.waker)?;
         }
         log::info!("listening on {}", self.bound.addr);
+        let auth = match &self.config.metrics_auth_file {
+            Some(path) => {
+                Some(Arc::new(htpasswd::AuthFile::load(path).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+                })?))
+            }
+            None => None,
+        };
         if let Some(addr) = &self.config.metrics_address {
             let handle = self.handle();
             let sa = resolve(addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("bad --metrics-address {addr:?}: {e}"))
             })?;
-            let bound =
-                metrics::serve(sa, move |tx| handle.send(Command::Scrape(tx))).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("metrics address {addr}: {e}"))
-                })?;
-            log::info!("metrics on http://{bound}/metrics");
+            let ask = move |want| {
+                handle.send(match want {
+                    observe::Want::Metrics(tx) => Command::Scrape(tx),
+                    observe::Want::Document(n, tx) => Command::Document(n, tx),
+                })
+            };
+            let bound = observe::serve(sa, auth.clone(), ask).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("metrics address {addr}: {e}"))
+            })?;
+            log::info!("pool page on http://{bound}/, metrics on http://{bound}/metrics");
         }
-        let lp = event_loop::Loop::new(self.bound, self.config, self.control)?;
+        let lp = event_loop::Loop::new(self.bound, self.config, self.control, auth)?;
         lp.run()
     }
 }

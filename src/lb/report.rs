@@ -16,7 +16,11 @@ use crate::pool::WorkerStatus;
 /// while it is in the pool, and while it is held out of it: unavailable
 /// (`worker_details[addr].available` false) or ejected after gateway
 /// failures (`worker_details[addr].ejected_for`, seconds left).
-pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u8> {
+///
+/// The page's keys (`lb`, `totals`, `worker_list`, `classes`, `events`,
+/// `history`) come from `page`; `classes` is how many of the busiest
+/// request classes `classes` lists.
+pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients, classes: usize) -> Vec<u8> {
     let st = ctx.balancer.status();
     let mut shown: Vec<(&WorkerConn, WorkerStatus)> = st
         .workers
@@ -33,6 +37,7 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
                 backlog: 0,
                 mean_backlog: 0.0,
                 resume_size: w.resume_size(),
+                capacity: None,
             });
         shown.push((w, ws));
     }
@@ -108,9 +113,116 @@ pub(super) fn document(ctx: &Ctx, workers: &Workers, clients: &Clients) -> Vec<u
             "moved": placed.moved,
         },
     });
+    let mut doc = doc;
+    page(&mut doc, ctx, workers, classes);
     let mut out = doc.to_string().into_bytes();
     out.push(b'\n');
     out
+}
+
+/// Rounded to 3 decimals, for a document that is read by people too.
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The keys the pool's page shows (resumelb-protocol(7) lists them).
+fn page(doc: &mut Value, ctx: &Ctx, workers: &Workers, classes: usize) {
+    let now = Instant::now();
+    let st = ctx.balancer.status();
+    let by_id: std::collections::HashMap<_, _> = st.workers.iter().map(|w| (w.id, w)).collect();
+    let listing = workers.listing();
+    let rows: Vec<Value> = listing
+        .iter()
+        .map(|(addr, conn)| {
+            let Some(w) = conn else {
+                return json!({
+                    "address": addr,
+                    "state": "unavailable",
+                    "reason": "not connected",
+                    "in_flight": 0,
+                });
+            };
+            let (state, reason) = w.state();
+            let (answered, errors, ejections, rate) = w.counts();
+            let ws = by_id
+                .get(&w.id())
+                .map(|ws| (*ws).clone())
+                .or_else(|| ctx.balancer.pool().worker_status(w.id()));
+            let mut row = json!({
+                "address": addr,
+                "state": state,
+                "reason": reason,
+                "in_flight": w.in_flight(),
+                "requests": answered,
+                "requests_per_s": r3(rate),
+                "errors_5xx": errors,
+                "ejections": ejections,
+                "resume_size": w.resume_size(),
+            });
+            if let Some(ws) = ws {
+                row["backlog"] = json!(ws.backlog);
+                row["mean_backlog"] = json!(r3(ws.mean_backlog));
+                row["capacity"] = json!(ws.capacity);
+            }
+            if let Some(h) = &w.hello {
+                row["threads"] = json!(h.threads);
+                row["pid"] = json!(h.pid);
+                row["version"] = json!(h.version);
+            }
+            row
+        })
+        .collect();
+    let connected: Vec<&super::workers::WorkerConn> =
+        listing.iter().filter_map(|(_, c)| *c).collect();
+    let class_rows: Vec<Value> = ctx
+        .metrics
+        .busiest(classes)
+        .into_iter()
+        .map(|(class, c)| {
+            let mut scores = serde_json::Map::new();
+            let mut best: Option<(&super::workers::WorkerConn, f64)> = None;
+            for w in &connected {
+                if let Some(s) = w.score(class) {
+                    scores.insert(w.addr.clone(), json!(r3(s)));
+                    if best.is_none_or(|b| s > b.1) {
+                        best = Some((w, s));
+                    }
+                }
+            }
+            let (p50, p99) = ctx
+                .metrics
+                .percentiles(c, now)
+                .map_or((Value::Null, Value::Null), |(a, b)| (json!(a), json!(b)));
+            json!({
+                "class": class,
+                "requests": c.requests,
+                "requests_per_s": r3(c.rate.per_second()),
+                "p50": p50,
+                "p99": p99,
+                "best_worker": best.map(|b| b.0.addr.clone()),
+                "best_share": best.and_then(|b| c.share(b.0.id())).map(r3),
+                "scores": scores,
+            })
+        })
+        .collect();
+    let (requests, errors) = ctx.metrics.totals();
+    doc["lb"] = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "address": ctx.local.to_string(),
+        "started": super::board::unix(ctx.board.started()),
+        "now": super::board::unix(std::time::SystemTime::now()),
+    });
+    doc["totals"] = json!({
+        "requests": requests,
+        "errors_5xx": errors,
+        "requests_per_s": r3(ctx.metrics.rate.per_second()),
+        "in_flight": workers.in_flight(),
+    });
+    doc["worker_list"] = Value::Array(rows);
+    doc["classes"] = Value::Array(class_rows);
+    doc["events"] = ctx.board.events_json();
+    doc["history"] = ctx.board.history_json();
 }
 
 /// Prometheus text: the counters, then the pool and the workers.

@@ -288,6 +288,7 @@ impl Pool for ClassicPool {
                         backlog: e.backlog.backlog,
                         mean_backlog: e.backlog.mbacklog,
                         resume_size: e.skills.len(),
+                        capacity: None,
                     }
                 })
                 .collect(),
@@ -301,6 +302,7 @@ impl Pool for ClassicPool {
             backlog: e.backlog.backlog,
             mean_backlog: e.backlog.mbacklog,
             resume_size: e.skills.len(),
+            capacity: None,
         })
     }
 }

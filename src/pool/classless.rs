@@ -50,6 +50,7 @@ impl ClasslessPool {
             backlog: e.backlog,
             mean_backlog: e.backlog as f64,
             resume_size: e.resume_size,
+            capacity: None,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct WorkerStatus {
     pub backlog: i64,
     pub mean_backlog: f64,
     pub resume_size: usize,
+    /// Requests in flight it may hold (pools that bound them).
+    pub capacity: Option<usize>,
 }
 
 /// The pool's numbers, for the status document. `workers` lists the workers

@@ -46,7 +46,7 @@ pub(super) fn write_lines(lines: Vec<access::Line>, ctx: &mut Ctx) {
     let now = Instant::now();
     for line in lines {
         let seconds = now.saturating_duration_since(line.started).as_secs_f64();
-        ctx.metrics.observe(&line.class, line.status, seconds);
+        ctx.metrics.observe(&line.class, line.status, seconds, now);
         if ctx.cfg.access_log.is_enabled() {
             ctx.cfg.access_log.line(line.text(now));
         }

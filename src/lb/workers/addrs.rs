@@ -58,6 +58,8 @@ impl Workers {
         for addr in gone {
             if let Some(a) = self.addrs.remove(&addr) {
                 log::info!("worker {addr} removed");
+                let text = "removed from the worker list".to_string();
+                ctx.board.event("removed", Some(&addr), text);
                 if let Some(key) = a.conn {
                     self.unlist(key, ctx);
                 }
@@ -76,6 +78,8 @@ impl Workers {
                 }
                 None => {
                     log::info!("worker {addr} added");
+                    let text = "added to the worker list".to_string();
+                    ctx.board.event("added", Some(&addr), text);
                     // Still connected from before it was removed? Keep that
                     // connection: never two to one address.
                     let open = self
@@ -181,6 +185,10 @@ impl Workers {
             outlier: Default::default(),
             unlisted: false,
             resume: crate::proto::Resume::new(),
+            answered: 0,
+            errors: 0,
+            ejections: 0,
+            rate: Default::default(),
             hello: None,
             handshake: if ctx.cfg.secret.is_some() {
                 Handshake::AwaitChallenge

@@ -139,6 +139,9 @@ impl Workers {
                 let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
                 if first {
                     log::info!("worker {} joined with {} classes", w.addr, r.len());
+                    let n = r.len();
+                    let text = format!("joined with {n} class{}", if n == 1 { "" } else { "es" });
+                    ctx.board.event("joined", Some(&w.addr), text);
                 }
                 if w.held_out() {
                     // Kept for when it is back in the pool.
@@ -158,12 +161,16 @@ impl Workers {
                         w.addr
                     );
                     ctx.balancer.hold(id);
+                    let text = "its application is unavailable".to_string();
+                    ctx.board.event("unavailable", Some(&w.addr), text);
                 }
             }
             ToLb::Available => {
                 if w.unavailable {
                     w.unavailable = false;
                     log::info!("worker {} is available again", w.addr);
+                    let text = "its application is available again".to_string();
+                    ctx.board.event("available", Some(&w.addr), text);
                     if !w.unlisted {
                         let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
                         self.relist(key, version.as_deref(), ctx);
@@ -174,6 +181,8 @@ impl Workers {
                 if !w.draining {
                     w.draining = true;
                     log::info!("worker {} is draining", w.addr);
+                    ctx.board
+                        .event("draining", Some(&w.addr), "draining".into());
                     ctx.balancer.remove(id);
                     self.close_if_drained(key, ctx);
                 }
@@ -223,6 +232,10 @@ impl Workers {
             return;
         };
         w.sending.retain(|&r| r != rno);
+        w.answered += 1;
+        let failed = !matches!(resp, Response::End) || f.status.is_some_and(|s| s >= 500);
+        w.errors += failed as u64;
+        ctx.metrics.served(&f.class, w.id);
         // A served response is a latency sample for the pool; a failure
         // (5xx, aborted) is not.
         let served =

@@ -48,6 +48,9 @@ impl Workers {
             w.addr
         );
         ctx.counters.ejections += 1;
+        w.ejections += 1;
+        let text = format!("ejected for {secs:.0} s after {eject_after} gateway failures in a row");
+        ctx.board.event("ejected", Some(&w.addr), text);
         ctx.balancer.hold(w.id);
         self.arm(key, ctx);
     }

@@ -17,6 +17,7 @@ use slotmap::SlotMap;
 
 use super::ctx::ClientKey;
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
+use super::metrics::Rate;
 use super::outliers::Record;
 use super::reqbody::Piece;
 use super::resolver::Resolver;
@@ -83,6 +84,14 @@ pub(super) struct WorkerConn {
     unlisted: bool,
     /// Its latest résumé.
     resume: crate::proto::Resume,
+    /// Requests it answered (or failed) on this connection, and of those
+    /// the 5xx responses and aborts.
+    answered: u64,
+    errors: u64,
+    /// Times it was ejected while this connection was open.
+    ejections: u64,
+    /// Its requests per second.
+    rate: Rate,
     pub hello: Option<Hello>,
     handshake: Handshake,
     /// Refused by this LB (its warning is out): no other warning on close.
@@ -160,6 +169,49 @@ impl WorkerConn {
         self.id
     }
 
+    /// Requests in flight on it.
+    pub(super) fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Requests answered on this connection, those that failed (5xx or
+    /// aborted), its ejections, and its requests per second.
+    pub(super) fn counts(&self) -> (u64, u64, u64, f64) {
+        (
+            self.answered,
+            self.errors,
+            self.ejections,
+            self.rate.per_second(),
+        )
+    }
+
+    /// Its score for `class` in its latest résumé.
+    pub(super) fn score(&self, class: &str) -> Option<f64> {
+        self.resume.get(class).copied()
+    }
+
+    /// For the page: available, unavailable, ejected or draining, and why
+    /// when that is not all there is to say.
+    pub(super) fn state(&self) -> (&'static str, Option<&'static str>) {
+        if self.draining {
+            ("draining", Some("the worker is draining"))
+        } else if self.unlisted {
+            ("draining", Some("removed from the worker list"))
+        } else if !self.connected {
+            ("unavailable", Some("connecting"))
+        } else if !self.joined {
+            ("unavailable", Some("waiting for its résumé"))
+        } else if self.unavailable {
+            ("unavailable", Some("its application is unavailable"))
+        } else if self.silent {
+            ("unavailable", Some("silent with requests in flight"))
+        } else if self.outlier.ejected_until().is_some() {
+            ("ejected", Some("gateway failures in a row"))
+        } else {
+            ("available", None)
+        }
+    }
+
     /// The next free request number (1 … 2³²−1, wrapping, never in flight).
     fn take_rno(&mut self) -> Rno {
         loop {
@@ -208,6 +260,35 @@ impl Workers {
 
     pub(super) fn keys(&self) -> Vec<WorkerKey> {
         self.map.keys().collect()
+    }
+
+    /// Once a `board::TICK` (`secs` since the last): request rates.
+    pub(super) fn tick(&mut self, secs: f64) {
+        for w in self.map.values_mut() {
+            w.rate.tick(w.answered, secs);
+        }
+    }
+
+    /// Requests in flight on all workers.
+    pub(super) fn in_flight(&self) -> usize {
+        self.map.values().map(|w| w.inflight.len()).sum()
+    }
+
+    /// Every worker the page shows, by address: each connection, and each
+    /// configured address without one.
+    pub(super) fn listing(&self) -> Vec<(&str, Option<&WorkerConn>)> {
+        let mut all: Vec<(&str, Option<&WorkerConn>)> = self
+            .map
+            .values()
+            .map(|w| (w.addr.as_str(), Some(w)))
+            .collect();
+        for (addr, a) in &self.addrs {
+            if a.conn.is_none_or(|k| !self.map.contains_key(k)) {
+                all.push((addr, None));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
     }
 
     /// The connection the pool knows as `id`.
@@ -385,6 +466,8 @@ impl Workers {
         self.by_id.remove(&w.id);
         if w.joined {
             log::info!("worker {} disconnected: {why}", w.addr);
+            ctx.board
+                .event("left", Some(&w.addr), format!("disconnected: {why}"));
         } else {
             log::debug!("worker {}: {why}", w.addr);
             // Not when this LB closes it (shutting down, or the worker is no
@@ -477,6 +560,8 @@ impl Workers {
         };
         if w.outlier.end_if_due(now) {
             log::info!("worker {}: ejection over, back in the pool", w.addr);
+            let text = "ejection over, back in the pool".to_string();
+            ctx.board.event("back", Some(&w.addr), text);
             if !w.unlisted {
                 let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
                 self.relist(key, version.as_deref(), ctx);
@@ -515,6 +600,12 @@ impl Workers {
             ctx.cfg.silent_worker.as_secs_f64(),
             w.inflight.len()
         );
+        let text = format!(
+            "nothing heard for {:.1} s with {} request(s) in flight",
+            ctx.cfg.silent_worker.as_secs_f64(),
+            w.inflight.len()
+        );
+        ctx.board.event("silent", Some(&w.addr), text);
         if was_up {
             ctx.balancer.hold(w.id);
         }
@@ -539,6 +630,8 @@ impl Workers {
             return;
         }
         log::info!("worker {} speaks again: back in the pool", w.addr);
+        let text = "speaks again, back in the pool".to_string();
+        ctx.board.event("back", Some(&w.addr), text);
         if !w.unlisted {
             let version = self.addrs.get(&w.addr).and_then(|a| a.version.clone());
             self.relist(key, version.as_deref(), ctx);

@@ -779,6 +779,7 @@ fn status_of(w: &Worker) -> WorkerStatus {
         backlog: w.backlog.backlog,
         mean_backlog: w.backlog.mbacklog,
         resume_size: w.classes.len(),
+        capacity: Some(w.bound()),
     }
 }
 
