@@ -51,7 +51,8 @@ clippy:
 ## The tests run with a ZooKeeper server of their own (scripts/with-zookeeper
 ## installs Debian's zookeeper when missing, starts it, stops it afterwards).
 unit:
-	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python scripts/with-zookeeper $(CARGO) test $(FEATURES)
+	RLB_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python RLB_TEST_CHROMIUM=$$(command -v chromium) \
+	  scripts/with-zookeeper $(CARGO) test $(FEATURES)
 
 man-lint:
 	mandoc -Tlint -W warning man/*.1 man/*.7
@@ -59,11 +60,15 @@ man-lint:
 ## Test dependencies: waitress (the WSGI server behind the upstream app
 ## tests), zdaemon (supervision tests) and PasteDeploy (WSGI app tests) in
 ## a virtualenv; mandoc for the man page lint; python3-dev for the WSGI
-## app (Debian's, for $(PYO3_PYTHON)).
+## app (Debian's, for $(PYO3_PYTHON)); chromium for the page's browser test
+## (tests/page.rs).
 deps: $(VENV)/.installed
 	@command -v mandoc >/dev/null || { \
 	  echo "installing mandoc"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (the page's browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@[ -n "$(FEATURES)" ] || { \
 	  echo "installing python3-dev (the WSGI app embeds $(PYO3_PYTHON))"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev; }

@@ -36,6 +36,7 @@ pub mod soak;
 /// beyond the public surface. Not a stable interface.
 #[cfg(feature = "testing")]
 pub mod testing {
+    pub use crate::lb::htpasswd::base64_decode;
     pub use crate::util::procinfo::{fd_count, raise_nofile, rss_kib};
     pub use crate::util::rng::Rng;
 }
