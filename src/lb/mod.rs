@@ -227,7 +227,8 @@ impl Lb {
             let bound = observe::serve(sa, auth.clone(), ask).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("metrics address {addr}: {e}"))
             })?;
-            log::info!("pool page on http://{bound}/, metrics on http://{bound}/metrics");
+            log::info!("metrics on http://{bound}/metrics");
+            log::info!("pool page on http://{bound}/");
         }
         let lp = event_loop::Loop::new(self.bound, self.config, self.control, auth)?;
         lp.run()
