@@ -9,7 +9,7 @@ use crate::pool::{PoolKind, Settings};
 use crate::util::linelog::LineLog;
 
 pub const NAME: &str = "resumelb";
-const SYNOPSIS: &str = "[options] WORKER_HOST:PORT...";
+const SYNOPSIS: &str = "[options] WORKER_HOST:PORT... (or --workers-file PATH)";
 
 /// Options both LBs share (`zkresumelb` adds its own).
 pub fn common_options(o: &mut Options) {
@@ -95,6 +95,13 @@ pub fn common_options(o: &mut Options) {
 pub fn options() -> Options {
     let mut o = Options::new();
     common_options(&mut o);
+    o.optopt(
+        "",
+        "workers-file",
+        "more worker addresses (one HOST:PORT a line) and NAME = VALUE pool settings, read \
+         at start and again on SIGHUP",
+        "PATH",
+    );
     o.optopt(
         "v",
         "variance",
@@ -205,7 +212,10 @@ pub fn parse_args(args: &[String]) -> Result<Option<LbConfig>, CliError> {
     let Some(m) = parse(NAME, SYNOPSIS, &opts, args)? else {
         return Ok(None);
     };
-    if m.free.is_empty() {
+    let workers_file = m.opt_str("workers-file").map(std::path::PathBuf::from);
+    if let Some(p) = &workers_file {
+        crate::lb::reload::read(p).map_err(CliError::Usage)?;
+    } else if m.free.is_empty() {
         return Err(CliError::Usage("no worker address given".into()));
     }
     let mut cfg = common_config(&m)?;
@@ -247,6 +257,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<LbConfig>, CliError> {
     }
     cfg.settings = settings;
     cfg.workers = m.free.iter().map(|w| WorkerSpec::new(w)).collect();
+    cfg.workers_file = workers_file;
     Ok(Some(cfg))
 }
 

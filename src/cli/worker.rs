@@ -437,7 +437,7 @@ fn start_zookeeper(
     let stopping = std::sync::atomic::AtomicBool::new(false);
     let agent2 = agent.clone();
     forward(move |ev| match ev {
-        SignalEvent::Reopen => handle.reopen_logs(),
+        SignalEvent::Reopen | SignalEvent::Reload => handle.reopen_logs(),
         SignalEvent::Stop => {
             if stopping.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 handle.stop_now();

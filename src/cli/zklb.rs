@@ -103,6 +103,7 @@ pub fn run(args: Vec<String>) -> Result<(), CliError> {
     let h = handle.clone();
     forward(move |ev| match ev {
         SignalEvent::Reopen => h.send(Command::Reopen),
+        SignalEvent::Reload => h.send(Command::Reload),
         SignalEvent::Stop => {
             if stopping.swap(true, Ordering::SeqCst) {
                 h.send(Command::StopNow);

@@ -115,6 +115,9 @@ pub(super) struct Ctx {
     pub(super) effects: VecDeque<Effect>,
     /// Shutting down, with this deadline.
     pub(super) stopping: Option<Instant>,
+    /// The listener went to a new process: requests here are finished,
+    /// waiting ones too, and keep-alive clients closed between requests.
+    pub(super) handed_over: bool,
     /// Where sockets are read into.
     pub(super) scratch: Scratch,
     /// Pool time counts from here.
@@ -145,6 +148,7 @@ impl Ctx {
             deadlines: Deadlines::default(),
             effects: VecDeque::new(),
             stopping: None,
+            handed_over: false,
             scratch: Scratch::default(),
             epoch: Instant::now(),
             next_id: 0,

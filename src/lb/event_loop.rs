@@ -14,24 +14,31 @@ use mio::{Poll, Token};
 use super::board::{Point, TICK};
 use super::clients::{self, ClientKey, Clients, NO_WORKER_AT_SHUTDOWN};
 use super::ctx::{Ctx, Dirty, Due, Effect, Response};
+use super::handover;
 use super::htpasswd::AuthFile;
 use super::observe::DEFAULT_CLASSES;
+use super::reload;
 use super::report;
 use super::reqbody::BODY_BIT;
 use super::resolver::Resolver;
 use super::spill::{SpillIo, SpillRead};
 use super::status::Status;
 use super::workers::{self, WorkerKey, Workers};
+use super::WorkerSpec;
 use super::{Command, LbConfig};
+use crate::classify::Classifier;
 use crate::net::{
     token_conn, Accepted, Acceptor, Armed, Bound, Control, Reactor, Ready, StopVerdict, Stops,
     ACCEPT_RETRY, LISTENER,
 };
 use crate::pool::waiting::Server;
+use crate::pool::Settings;
 use crate::pool::{Ask, Balancer, Time};
 use crate::proto::MAX_CHUNK;
 
 pub(super) const STATUS: Token = Token(2);
+/// The hand-over offer (`handover`).
+pub(super) const HANDOVER: Token = Token(3);
 
 /// How often freed memory is given back while clients are connected (each
 /// second while none is).
@@ -54,6 +61,19 @@ pub(super) struct Loop {
     spill_armed: Armed,
     /// When rates were last taken.
     last_tick: Instant,
+    /// Where a new LB asks for the listener.
+    offer: Option<mio::net::UnixListener>,
+    /// What the command line said, under the workers file's additions.
+    base: Base,
+}
+
+/// The command line's workers, settings and classifier.
+struct Base {
+    workers: Vec<WorkerSpec>,
+    settings: Settings,
+    classifier: Classifier,
+    /// The classifier spec the workers file set, if any.
+    file_classifier: Option<String>,
 }
 
 impl Loop {
@@ -74,7 +94,22 @@ impl Loop {
         let (spill_io, spilled) = SpillIo::start(waker.clone())?;
         let workers = Workers::new(Resolver::start(waker)?);
         let registry = poll.registry().try_clone()?;
-        let specs = cfg.workers.clone();
+        let base = Base {
+            workers: cfg.workers.clone(),
+            settings: cfg.settings,
+            classifier: cfg.classifier.clone(),
+            file_classifier: None,
+        };
+        let file = match &cfg.workers_file {
+            Some(p) => {
+                Some(reload::read(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
+        let specs = match &file {
+            Some(f) => reload::merged(&cfg.workers, f),
+            None => cfg.workers.clone(),
+        };
         let mut lp = Loop {
             poll,
             acceptor,
@@ -87,7 +122,21 @@ impl Loop {
             accept_retry: None,
             spill_armed: Armed::default(),
             last_tick: Instant::now(),
+            offer: None,
+            base,
         };
+        if let Some(f) = file {
+            lp.apply_file(f);
+        }
+        match handover::offer(local) {
+            Ok(mut o) => {
+                lp.poll
+                    .registry()
+                    .register(&mut o, HANDOVER, mio::Interest::READABLE)?;
+                lp.offer = Some(o);
+            }
+            Err(e) => log::warn!("no hand-over offer for {local}: {e}"),
+        }
         lp.workers.set(specs, &mut lp.ctx);
         lp.ctx.auth = auth;
         lp.ctx.deadlines.push(Instant::now() + TRIM_IDLE, Due::Trim);
@@ -175,7 +224,9 @@ impl Loop {
         match self.workers.pick(&ask, &mut self.ctx) {
             Some(worker) => self.send(client, worker),
             // Shutting down with no worker in the pool: none will come.
-            None if self.ctx.stopping.is_some() => {
+            None if self.ctx.stopping.is_some()
+                && (!self.ctx.handed_over || self.ctx.balancer.is_empty()) =>
+            {
                 self.clients
                     .refuse(client, NO_WORKER_AT_SHUTDOWN, &mut self.ctx)
             }
@@ -287,42 +338,20 @@ impl Loop {
     /// Commands (signals among them), and what stop requests ask for.
     fn take_inputs(&mut self) -> StopVerdict {
         let mut stops = Stops::default();
-        let (commands, reopen) = self.control.take(&mut stops);
-        if reopen {
-            self.reopen();
+        let (commands, reopen, reload) = self.control.take(&mut stops);
+        if reload {
+            self.reload();
+        } else if reopen {
+            self.ctx.cfg.access_log.reopen();
         }
         for cmd in commands {
             match cmd {
                 Command::SetWorkers(w) => self.workers.set(w, &mut self.ctx),
-                Command::UpdateSettings(s) => {
-                    log::info!(
-                        "pool settings: variance {}, backlog_history {}, unskilled_score {}, \
-                         slow_factor {}, spill_factor {}, max_depth {}, eject_after {}",
-                        s.variance,
-                        s.backlog_history,
-                        s.unskilled_score,
-                        s.slow_factor,
-                        s.spill_factor,
-                        s.max_depth,
-                        s.eject_after
-                    );
-                    self.ctx.balancer.update_settings(&s);
-                    let text = format!(
-                        "pool settings: variance {}, backlog_history {}, unskilled_score {}, \
-                         slow_factor {}, spill_factor {}, max_depth {}, eject_after {}",
-                        s.variance,
-                        s.backlog_history,
-                        s.unskilled_score,
-                        s.slow_factor,
-                        s.spill_factor,
-                        s.max_depth,
-                        s.eject_after
-                    );
-                    self.ctx.board.event("settings", None, text);
-                }
+                Command::UpdateSettings(s) => self.update_settings(s),
                 Command::Stop => stops.graceful(),
                 Command::StopNow => stops.at_once(),
-                Command::Reopen => self.reopen(),
+                Command::Reopen => self.ctx.cfg.access_log.reopen(),
+                Command::Reload => self.reload(),
                 Command::Scrape(tx) => {
                     let text = report::metrics_text(&self.ctx, &self.workers, &self.clients);
                     let _ = tx.send(text);
@@ -341,11 +370,112 @@ impl Loop {
         verdict
     }
 
-    /// SIGHUP: the access log reopened, the metrics auth file read again.
-    fn reopen(&mut self) {
+    /// A new LB asks for the listener: hand it over, then finish.
+    fn hand_over(&mut self) {
+        let conn = loop {
+            let Some(offer) = &self.offer else { return };
+            match offer.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::error!("hand-over accept failed: {e}");
+                    return;
+                }
+            }
+        };
+        let successor = match handover::successor(conn) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("hand-over refused: {e}");
+                return;
+            }
+        };
+        let Some(fd) = self.acceptor.raw_fd() else {
+            log::warn!("hand-over asked while not listening; refused");
+            return;
+        };
+        // The offer and the status socket are the new process's to take.
+        let registry = self.poll.registry();
+        if let Some(mut o) = self.offer.take() {
+            let _ = registry.deregister(&mut o);
+        }
+        self.status.release(registry);
+        let pid = successor.pid;
+        if let Err(e) = successor.hand(fd) {
+            log::error!("hand-over to pid {pid} failed ({e}); serving on");
+            return;
+        }
+        log::info!(
+            "handed the listener over to pid {pid}; finishing {} client(s), then exiting",
+            self.clients.len()
+        );
+        let text = format!("listener handed over to pid {pid}");
+        self.ctx.board.event("handed-over", None, text);
+        self.ctx.handed_over = true;
+        self.start_stopping();
+    }
+
+    /// SIGHUP: the access log reopened, the metrics auth file and the
+    /// workers file read again.
+    fn reload(&mut self) {
         self.ctx.cfg.access_log.reopen();
         if let Some(a) = &self.ctx.auth {
             a.reload();
+        }
+        let Some(path) = self.ctx.cfg.workers_file.clone() else {
+            return;
+        };
+        match reload::read(&path) {
+            Ok(f) => {
+                let workers = reload::merged(&self.base.workers, &f);
+                let n = workers.len();
+                self.workers.set(workers, &mut self.ctx);
+                self.apply_file(f);
+                log::info!("{}: read again, {n} worker(s)", path.display());
+            }
+            Err(e) => log::error!("{e}; keeping the running configuration"),
+        }
+    }
+
+    /// New pool settings (from ZooKeeper or the workers file).
+    fn update_settings(&mut self, s: Settings) {
+        let text = format!(
+            "pool settings: variance {}, backlog_history {}, unskilled_score {}, \
+             slow_factor {}, spill_factor {}, max_depth {}, eject_after {}",
+            s.variance,
+            s.backlog_history,
+            s.unskilled_score,
+            s.slow_factor,
+            s.spill_factor,
+            s.max_depth,
+            s.eject_after
+        );
+        log::info!("{text}");
+        self.ctx.balancer.update_settings(&s);
+        self.ctx.board.event("settings", None, text);
+    }
+
+    /// The workers file's settings and classifier over the command line's
+    /// (its workers are set by the caller).
+    fn apply_file(&mut self, f: reload::WorkersFile) {
+        let s = f.settings_over(&self.base.settings);
+        if s != self.ctx.balancer.settings() {
+            self.update_settings(s);
+        }
+        let spec = f.classifier.as_ref().map(|c| c.0.clone());
+        if spec != self.base.file_classifier {
+            self.ctx.cfg.classifier = match f.classifier {
+                Some((_, c)) => c,
+                None => self.base.classifier.clone(),
+            };
+            let text = format!(
+                "request classifier: {}",
+                spec.as_deref().unwrap_or("the command line's")
+            );
+            log::info!("{text}");
+            self.ctx.board.event("settings", None, text);
+            self.base.file_classifier = spec;
         }
     }
 
@@ -375,7 +505,13 @@ impl Loop {
         self.ctx.stopping = Some(deadline);
         self.ctx.deadlines.push(deadline, Due::Stop);
         self.acceptor.close(self.poll.registry());
-        self.clients.refuse_waiting(&mut self.ctx);
+        if let Some(mut o) = self.offer.take() {
+            let _ = self.poll.registry().deregister(&mut o);
+        }
+        // After a hand-over the workers stay: waiting requests still get one.
+        if !self.ctx.handed_over || self.ctx.balancer.is_empty() {
+            self.clients.refuse_waiting(&mut self.ctx);
+        }
         self.clients.stop(&mut self.ctx);
         self.apply();
     }
@@ -488,7 +624,9 @@ impl Reactor for Loop {
     }
 
     fn ready(&mut self, token: Token, ready: Ready) {
-        if token == STATUS {
+        if token == HANDOVER {
+            self.hand_over();
+        } else if token == STATUS {
             let registry = self.poll.registry();
             let (ctx, workers, clients) = (&self.ctx, &self.workers, &self.clients);
             self.status.accept(registry, || {

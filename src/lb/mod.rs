@@ -20,11 +20,13 @@ mod ctx;
 pub(crate) mod environ;
 mod event_loop;
 mod exchange;
+mod handover;
 pub(crate) mod htpasswd;
 pub(crate) mod metrics;
 pub(crate) mod observe;
 pub(crate) mod outbuf;
 mod outliers;
+pub(crate) mod reload;
 mod report;
 mod reqbody;
 mod resolver;
@@ -68,6 +70,9 @@ pub struct LbConfig {
     pub access_log: LineLog,
     /// Initial worker addresses.
     pub workers: Vec<WorkerSpec>,
+    /// More workers, pool settings and the classifier, read at start and
+    /// on SIGHUP (`reload`).
+    pub workers_file: Option<PathBuf>,
     pub handle_signals: bool,
     pub keepalive: Duration,
     /// A worker silent for this long is taken for dead.
@@ -110,6 +115,7 @@ impl Default for LbConfig {
             status_path: None,
             access_log: LineLog::default(),
             workers: Vec::new(),
+            workers_file: None,
             handle_signals: false,
             keepalive: Duration::from_secs(1),
             dead_worker_timeout: Duration::from_secs(10),
@@ -149,8 +155,11 @@ pub enum Command {
     UpdateSettings(Settings),
     Stop,
     StopNow,
-    /// Reopen the access log (and read the metrics auth file again).
+    /// Reopen the access log.
     Reopen,
+    /// Reopen the access log, and read the metrics auth file and the
+    /// workers file again.
+    Reload,
     /// Send the metrics text.
     Scrape(Sender<String>),
     /// Send the status document with this many busiest request classes.
@@ -180,9 +189,34 @@ pub struct Lb {
 
 impl Lb {
     /// Bind the HTTP listener with the configured listen backlog.
+    /// An LB already listening there hands its listener over (see
+    /// `handover`).
     pub fn bind(config: LbConfig) -> std::io::Result<Lb> {
+        let bound = match Bound::new(&config.address, config.backlog) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let addr = resolve(&config.address)?;
+                match handover::take(addr) {
+                    Ok(Some((listener, pid))) => {
+                        log::info!(
+                            "took over the listener on {addr} from pid {pid}, which finishes its \
+                             requests and exits"
+                        );
+                        Bound::from_listener(listener)?
+                    }
+                    Ok(None) => return Err(e),
+                    Err(he) => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("{e}; and the LB there did not hand its listener over: {he}"),
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Lb {
-            bound: Bound::new(&config.address, config.backlog)?,
+            bound,
             config,
             control: Control::new(),
         })

@@ -49,7 +49,19 @@ pub fn serve(
     auth: Option<Arc<AuthFile>>,
     ask: impl Fn(Want) + Send + Sync + 'static,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    // SO_REUSEPORT: a new LB taking over from this one (`handover`) binds
+    // the same address while this one finishes (the kernel lets only the
+    // same user share it).
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    let listener: TcpListener = socket.into();
     let bound = listener.local_addr()?;
     let ask = Arc::new(ask);
     let open = Arc::new(AtomicUsize::new(0));

@@ -140,6 +140,15 @@ impl Status {
         }
     }
 
+    /// Handing over to a new process: stop listening, and leave the socket
+    /// file for the new process to replace (documents being written are
+    /// finished).
+    pub(super) fn release(&mut self, registry: &Registry) {
+        if let Some((mut l, _)) = self.listener.take() {
+            let _ = registry.deregister(&mut l);
+        }
+    }
+
     /// Shutting down: the socket file goes.
     pub(super) fn close(&mut self, registry: &Registry) {
         for (_, mut c) in self.conns.drain() {

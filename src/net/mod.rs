@@ -162,6 +162,21 @@ impl Bound {
             addr,
         })
     }
+
+    /// Start from a listening socket another process handed over.
+    pub(crate) fn from_listener(listener: std::net::TcpListener) -> io::Result<Bound> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener);
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        Ok(Bound {
+            poll,
+            waker,
+            listener,
+            addr,
+        })
+    }
 }
 
 /// Commands from other threads and, when the process handles them,
@@ -188,17 +203,19 @@ impl<C> Control<C> {
         Ok(())
     }
 
-    /// The commands waiting. Stop signals are counted in `stops`; true
-    /// when a signal asked to reopen the log files.
-    pub(crate) fn take(&self, stops: &mut Stops) -> (Vec<C>, bool) {
-        let mut reopen = false;
+    /// The commands waiting. Stop signals are counted in `stops`; then
+    /// whether a signal asked to reopen the log files (SIGUSR2), and
+    /// whether one asked for a reload (SIGHUP, which reopens them too).
+    pub(crate) fn take(&self, stops: &mut Stops) -> (Vec<C>, bool, bool) {
+        let (mut reopen, mut reload) = (false, false);
         for sig in self.signals.iter().flat_map(|rx| rx.try_iter()) {
             match sig {
                 SignalEvent::Stop => stops.graceful(),
                 SignalEvent::Reopen => reopen = true,
+                SignalEvent::Reload => reload = true,
             }
         }
-        (self.rx.try_iter().collect(), reopen)
+        (self.rx.try_iter().collect(), reopen, reload)
     }
 }
 
@@ -383,6 +400,12 @@ impl Acceptor {
     }
 
     /// Stop listening for good (shutting down).
+    /// The listening socket's descriptor, while listening.
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
     pub(crate) fn close(&mut self, registry: &Registry) {
         if let Some(mut l) = self.listener.take() {
             if !self.paused {

@@ -13,17 +13,21 @@ use signal_hook::iterator::Signals;
 pub enum SignalEvent {
     /// SIGTERM or SIGINT: shut down gracefully (a second one: at once).
     Stop,
-    /// SIGUSR2 or SIGHUP: reopen log files (SIGUSR2 is what `zdaemon
-    /// logreopen` sends; SIGHUP, which would otherwise kill the process and
-    /// leave its status socket behind, is what logrotate's scripts send).
+    /// SIGUSR2: reopen log files (what `zdaemon logreopen` sends).
     Reopen,
+    /// SIGHUP: reopen log files too (what logrotate's scripts send; it
+    /// would otherwise kill the process and leave its status socket
+    /// behind), and, in the LB, read its files again.
+    Reload,
 }
 
 /// The signals a process of ours handles.
 const HANDLED: [i32; 4] = [SIGTERM, SIGINT, SIGUSR2, SIGHUP];
 
 fn event_of(sig: i32) -> SignalEvent {
-    if sig == SIGUSR2 || sig == SIGHUP {
+    if sig == SIGHUP {
+        SignalEvent::Reload
+    } else if sig == SIGUSR2 {
         SignalEvent::Reopen
     } else {
         SignalEvent::Stop

@@ -38,6 +38,10 @@ pub(super) const KIND: u8 = 1;
 /// Response bytes waiting for a client before its next request is read.
 const OUT_LIMIT: u64 = 1 << 20;
 
+/// After a hand-over, how long an idle keep-alive client has to send one
+/// more request before its connection is closed.
+const HANDOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) const NO_WORKER_AT_SHUTDOWN: HttpError = HttpError {
     status: 503,
     why: "no worker is available and the load balancer is shutting down",
@@ -76,6 +80,8 @@ struct Client {
     head_started: Option<Instant>,
     /// Access log lines waiting for their response to be sent.
     log_lines: access::Pending,
+    /// Closed if still idle then (after a hand-over).
+    idle_until: Option<Instant>,
     armed: Armed,
 }
 
@@ -104,7 +110,10 @@ impl Client {
                 Timeout::Close("write timeout"),
             )
         });
-        let idle = (after(self.last_read, limit), Timeout::Close("idle timeout"));
+        let idle = match self.idle_until {
+            Some(t) if t < after(self.last_read, limit) => (t, Timeout::Close("LB handed over")),
+            _ => (after(self.last_read, limit), Timeout::Close("idle timeout")),
+        };
         match (stage, write) {
             (Some(s), Some(w)) if w.0 <= s.0 => w,
             (Some(s), _) => s,
@@ -152,6 +161,7 @@ impl Clients {
             out: OutBuf::new(ctx.cfg.client_mem_cap, ctx.spill_io.clone(), spill_id),
             req: None,
             close_after: false,
+            idle_until: None,
             reset: false,
             last_read: now,
             last_write: now,
@@ -402,12 +412,20 @@ impl Clients {
     /// Shutting down: idle connections close now, busy ones after their
     /// response.
     pub(super) fn stop(&mut self, ctx: &mut Ctx) {
+        let grace = Instant::now() + HANDOVER_GRACE;
         for key in self.keys() {
             let Some(c) = self.map.get_mut(key) else {
                 continue;
             };
             match c.req.as_mut() {
                 Some(r) => r.ex.ask.keep_alive = false,
+                // After a hand-over, an idle client may have a request on
+                // its way: it is answered (with Connection: close) if it
+                // comes within the grace.
+                None if ctx.handed_over => {
+                    c.idle_until = Some(grace);
+                    self.arm(key, ctx);
+                }
                 None => {
                     c.close_after = true;
                     if c.out.is_empty() {

@@ -210,7 +210,8 @@ impl IoLoop {
         }
         self.take_ctl();
         let mut stops = Stops::default();
-        let (commands, reopen) = self.inputs.control.take(&mut stops);
+        let (commands, reopen, reload) = self.inputs.control.take(&mut stops);
+        let reopen = reopen || reload;
         if reopen {
             self.ctx.trace.reopen();
         }

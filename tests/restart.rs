@@ -1,0 +1,329 @@
+//! Restarts and reloads under load, with no failed request: the LB
+//! reloaded in place (SIGHUP with a changed workers file) and replaced by
+//! a new process (hand-over of the listener), and a worker restarted behind
+//! two LBs. Clients keep sending GETs and POSTs, on keep-alive connections
+//! and on a new connection each; every failure is counted by kind.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use resumelb::http::client::ResponseReader;
+
+/// Failures by kind, and requests answered with 2xx.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    refused: AtomicU64,
+    /// Resets, and connections closed with a request unanswered.
+    broken: AtomicU64,
+    not_2xx: AtomicU64,
+    /// A response claiming a request the client did not send (answered
+    /// twice, or to the wrong request).
+    mixed_up: AtomicU64,
+}
+
+impl Tally {
+    fn failures(&self) -> String {
+        format!(
+            "sent {}, ok {}, refused {}, broken {}, non-2xx {}, mixed up {}",
+            self.sent.load(Ordering::Relaxed),
+            self.ok.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.broken.load(Ordering::Relaxed),
+            self.not_2xx.load(Ordering::Relaxed),
+            self.mixed_up.load(Ordering::Relaxed),
+        )
+    }
+
+    fn assert_clean(&self) {
+        let ok = self.ok.load(Ordering::Relaxed);
+        assert!(ok > 100, "too little traffic: {}", self.failures());
+        assert_eq!(ok, self.sent.load(Ordering::Relaxed), "{}", self.failures());
+    }
+}
+
+/// Load on `lbs`: `keepalive` clients reuse their connection until told
+/// `Connection: close`, `fresh` clients open one per request; every third
+/// request is a POST with a body. Runs until `stop`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn start_load(lbs: &[SocketAddr], keepalive: usize, fresh: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut threads = Vec::new();
+    for i in 0..keepalive + fresh {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        let lb = lbs[i % lbs.len()];
+        let reuse = i < keepalive;
+        threads.push(std::thread::spawn(move || {
+            client(lb, reuse, i, &stop, &tally)
+        }));
+    }
+    Load {
+        stop,
+        tally,
+        threads,
+    }
+}
+
+impl Load {
+    fn finish(self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a load thread");
+        }
+        self.tally
+    }
+}
+
+fn client(lb: SocketAddr, reuse: bool, id: usize, stop: &AtomicBool, t: &Tally) {
+    let mut conn: Option<(TcpStream, ResponseReader)> = None;
+    let mut n = 0u64;
+    // Each request at most 5 s of the test's whole run.
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+        if conn.is_none() {
+            match TcpStream::connect(lb) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    conn = Some((s, ResponseReader::new()));
+                }
+                Err(_) => {
+                    t.refused.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            }
+        }
+        let Some((s, reader)) = conn.as_mut() else {
+            continue;
+        };
+        n += 1;
+        let close = if reuse { "" } else { "Connection: close\r\n" };
+        let site = format!("site{}.example", n % 7);
+        let req = if n % 3 == 0 {
+            let body = format!("{id}-{n}").repeat(20);
+            format!(
+                "POST /o{}?c={id}-{n} HTTP/1.1\r\nHost: {site}\r\n{close}Content-Length: {}\r\n\r\n{body}",
+                n % 11,
+                body.len()
+            )
+        } else {
+            format!(
+                "GET /o{}?c={id}-{n} HTTP/1.1\r\nHost: {site}\r\n{close}\r\n",
+                n % 11
+            )
+        };
+        t.sent.fetch_add(1, Ordering::Relaxed);
+        if s.write_all(req.as_bytes()).is_err() {
+            t.broken.fetch_add(1, Ordering::Relaxed);
+            conn = None;
+            continue;
+        }
+        let head = match reader.head(s, false) {
+            Ok(Some(h)) => h,
+            _ => {
+                t.broken.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+                continue;
+            }
+        };
+        let (body, complete) = reader.read_body(s, &head);
+        if !complete {
+            t.broken.fetch_add(1, Ordering::Relaxed);
+            conn = None;
+            continue;
+        }
+        if !(200..300).contains(&head.code) {
+            t.not_2xx.fetch_add(1, Ordering::Relaxed);
+        } else if !String::from_utf8_lossy(&body).contains(&format!("\"{site}\"")) {
+            t.mixed_up.fetch_add(1, Ordering::Relaxed);
+        } else {
+            t.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        let closing = head
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if !reuse || closing {
+            conn = None;
+        }
+    }
+}
+
+fn pool_has(sock: &std::path::Path, addr: SocketAddr) -> bool {
+    std::os::unix::net::UnixStream::connect(sock).is_ok()
+        && pool_workers(sock).contains(&addr.to_string())
+}
+
+#[test]
+fn lb_reloaded_and_handed_over_under_load() {
+    let dir = TempDir::new("restart-lb");
+    let (sock, file) = (dir.path("lb.sock"), dir.path("workers"));
+    let w1 = start_worker(&["--app", "demo", "--threads", "2"]);
+    let w2 = start_worker(&["--app", "demo", "--threads", "2"]);
+    std::fs::write(&file, format!("# the pool\n{}\n", w1.addr)).expect("write");
+    let args = |addr: &str| {
+        vec![
+            "-a".to_string(),
+            addr.to_string(),
+            "-s".to_string(),
+            sock.to_str().expect("path").to_string(),
+            "--workers-file".to_string(),
+            file.to_str().expect("path").to_string(),
+        ]
+    };
+    let a = args("127.0.0.1:0");
+    let old = start_listening_lb(&a);
+    let addr = old.addr;
+    wait_until("w1 in the pool", Duration::from_secs(10), || {
+        pool_has(&sock, w1.addr)
+    });
+    let load = start_load(&[addr], 6, 2);
+    std::thread::sleep(Duration::from_millis(700));
+
+    // Reload in place: w2 joins; a broken file changes nothing.
+    std::fs::write(
+        &file,
+        format!("{}\n{}  # new\nvariance = 3\n", w1.addr, w2.addr),
+    )
+    .expect("write");
+    old.proc.signal("HUP");
+    wait_until("w2 in the pool", Duration::from_secs(10), || {
+        pool_has(&sock, w2.addr)
+    });
+    assert_eq!(status(&sock)["settings"]["variance"], 3.0);
+    std::fs::write(&file, format!("{}\nnot an address\n", w1.addr)).expect("write");
+    old.proc.signal("HUP");
+    old.proc
+        .wait_for("keeping the running configuration", Duration::from_secs(5));
+    assert!(pool_has(&sock, w2.addr));
+    std::thread::sleep(Duration::from_millis(700));
+    let after_reload = load.tally.failures();
+
+    // Hand-over: a new process on the same address; the old one exits 0.
+    std::fs::write(&file, format!("{}\n{}\n", w1.addr, w2.addr)).expect("write");
+    let b = args(&addr.to_string());
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let new = Proc::start(LB, &b);
+    new.wait_for("took over the listener", Duration::from_secs(10));
+    let mut old = old;
+    assert_eq!(
+        old.proc.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        old.proc.stderr()
+    );
+    assert!(old
+        .proc
+        .stderr()
+        .contains("handed the listener over to pid"));
+    wait_until(
+        "both workers in the new LB's pool",
+        Duration::from_secs(10),
+        || pool_has(&sock, w1.addr) && pool_has(&sock, w2.addr),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let tally = load.finish();
+    eprintln!(
+        "after the reload: {after_reload}; at the end: {}",
+        tally.failures()
+    );
+    tally.assert_clean();
+    drop(new);
+}
+
+/// An LB on `args` (its address from the log).
+fn start_listening_lb(args: &[String]) -> LbProc {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = Proc::start(LB, &a);
+    let line = proc.wait_for("listening on ", Duration::from_secs(10));
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    LbProc { proc, addr }
+}
+
+#[test]
+fn worker_restarted_behind_two_lbs_under_load() {
+    let dir = TempDir::new("restart-worker");
+    let resume = dir.path("w1.resume");
+    let r = resume.to_str().expect("path");
+    let w1 = start_worker(&[
+        "--app",
+        "demo",
+        "--threads",
+        "2",
+        "--history",
+        "20",
+        "--resume-file",
+        r,
+    ]);
+    let w2 = start_worker(&["--app", "demo", "--threads", "2"]);
+    let (s1, s2) = (dir.path("lb1.sock"), dir.path("lb2.sock"));
+    let lb = |sock: &std::path::Path| {
+        start_lb(&[
+            "-s",
+            sock.to_str().expect("path"),
+            &w1.addr.to_string(),
+            &w2.addr.to_string(),
+        ])
+    };
+    let (lb1, lb2) = (lb(&s1), lb(&s2));
+    for s in [&s1, &s2] {
+        wait_until("both workers in the pool", Duration::from_secs(10), || {
+            pool_has(s, w1.addr) && pool_has(s, w2.addr)
+        });
+    }
+    let load = start_load(&[lb1.addr, lb2.addr], 4, 2);
+    std::thread::sleep(Duration::from_millis(1000));
+    // SIGTERM: w1 tells both LBs it drains, finishes, exits 0.
+    let w1_addr = w1.addr;
+    let mut w1 = w1;
+    w1.proc.signal("TERM");
+    assert_eq!(w1.proc.wait(Duration::from_secs(20)), Some(0));
+    for lb in [&lb1, &lb2] {
+        assert!(lb
+            .proc
+            .stderr()
+            .contains(&format!("worker {w1_addr} is draining")));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Back on the same address with its résumé.
+    let port = w1_addr.to_string();
+    let again = Proc::start(
+        WORKER,
+        &[
+            "-a",
+            &port,
+            "--app",
+            "demo",
+            "--threads",
+            "2",
+            "--resume-file",
+            r,
+        ],
+    );
+    again.wait_for("worker listening on ", Duration::from_secs(10));
+    for s in [&s1, &s2] {
+        wait_until("w1 back in the pool", Duration::from_secs(10), || {
+            pool_has(s, w1_addr)
+        });
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let tally = load.finish();
+    eprintln!("{}", tally.failures());
+    tally.assert_clean();
+}
