@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -317,57 +317,9 @@ fn prometheus_metrics_follow_traffic() {
     assert_eq!(r.status, 404);
 }
 
-fn zdaemon() -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/zdaemon"));
-    assert!(
-        p.exists(),
-        "no {}: run `make test` (it installs zdaemon)",
-        p.display()
-    );
-    p
-}
-
-fn zd(conf: &Path, cmd: &str) -> String {
-    let out = Command::new(zdaemon())
-        .arg("-C")
-        .arg(conf)
-        .arg(cmd)
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn zd_pid(conf: &Path) -> Option<u32> {
-    let s = zd(conf, "status");
-    s.split("pid=")
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// A port no other test takes meanwhile (below the ephemeral range).
 fn free_port() -> u16 {
     port_outside_ephemeral_range()
-}
-
-fn write_conf(dir: &TempDir, name: &str, program: &str) -> PathBuf {
-    let conf = dir.path(&format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "<runner>\n  program {program}\n  socket-name {}\n  transcript {}\n  exit-codes 0,2\n  stop-timeout 30\n  backoff-limit 3\n</runner>\n",
-            dir.path(&format!("{name}.zdsock")).display(),
-            dir.path(&format!("{name}.log")).display(),
-        ),
-    )
-    .unwrap();
-    conf
 }
 
 #[test]
@@ -463,15 +415,4 @@ fn usage_error_under_zdaemon_is_not_restarted() {
     assert!(!zd(&conf, "status").contains("program running"));
     let log = std::fs::read_to_string(dir.path("bad.log")).unwrap_or_default();
     assert_eq!(log.matches("Unrecognized option").count(), 1, "{log}");
-}
-
-/// Stops zdaemon-run programs even when a test fails.
-struct Cleanup(Vec<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = zd(c, "stop");
-        }
-    }
 }

@@ -327,3 +327,47 @@ fn worker_restarted_behind_two_lbs_under_load() {
     eprintln!("{}", tally.failures());
     tally.assert_clean();
 }
+
+#[test]
+fn hand_over_between_two_zdaemon_configurations() {
+    let dir = TempDir::new("restart-zd");
+    let w1 = start_worker(&["--app", "demo", "--threads", "2"]);
+    let w2 = start_worker(&["--app", "demo", "--threads", "2"]);
+    let port = port_outside_ephemeral_range();
+    let sock = dir.path("lb.sock");
+    let program = format!(
+        "{LB} -a 127.0.0.1:{port} -s {} {} {}",
+        sock.display(),
+        w1.addr,
+        w2.addr
+    );
+    let (a, b) = (
+        write_conf(&dir, "lb-a", &program),
+        write_conf(&dir, "lb-b", &program),
+    );
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    zd(&a, "start");
+    wait_until("lb-a serving", Duration::from_secs(10), || {
+        pool_has(&sock, w1.addr) && pool_has(&sock, w2.addr)
+    });
+    let lb: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let load = start_load(&[lb], 4, 2);
+    std::thread::sleep(Duration::from_millis(700));
+    // Starting the other configuration hands over; lb-a's program exits 0
+    // and its zdaemon leaves it stopped.
+    zd(&b, "start");
+    wait_until("lb-a's program gone", Duration::from_secs(20), || {
+        !zd(&a, "status").contains("program running")
+    });
+    assert!(zd(&b, "status").contains("program running"));
+    let log = std::fs::read_to_string(dir.path("lb-a.log")).unwrap_or_default();
+    assert!(log.contains("handed the listener over to pid"), "{log}");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !zd(&a, "status").contains("program running"),
+        "zdaemon restarted lb-a"
+    );
+    let tally = load.finish();
+    eprintln!("{}", tally.failures());
+    tally.assert_clean();
+}

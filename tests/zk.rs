@@ -581,3 +581,43 @@ fn zookeeper_outage_logs_a_few_lines_not_a_flood() {
         lb.proc.stderr()
     );
 }
+
+#[test]
+fn zkresumelb_hands_over_to_a_new_process_and_stays_registered() {
+    let zs = zk_addr();
+    let zk = client(&zs);
+    let r = root("handover");
+    let dir = TempDir::new("zkhand");
+    let sock = dir.path("lb.sock");
+    put(&zk, &r, "{}");
+    let w = zk_worker(&zs, &format!("{r}/workers"), &[]);
+    let mut old = zk_lb(&zs, &r, &["-s", sock.to_str().unwrap()]);
+    wait_until("the worker", T, || {
+        lb_workers(&old, &sock) == [w.addr.to_string()]
+    });
+    assert_eq!(get(old.addr, "a.com", "/1").status, 200);
+    // Keep-alive client of the old one: its next response closes.
+    let mut kept = HttpConn::connect(old.addr);
+    kept.send(b"GET /2 HTTP/1.1\r\nHost: a.com\r\n\r\n");
+    assert_eq!(kept.response(false).unwrap().status, 200);
+    let addr = old.addr.to_string();
+    let new = Proc::start(ZKLB, &["-a", &addr, "-s", sock.to_str().unwrap(), &zs, &r]);
+    new.wait_for("took over the listener", T);
+    kept.send(b"GET /3 HTTP/1.1\r\nHost: a.com\r\n\r\n");
+    let last = kept.response(false).unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert_eq!(old.proc.wait(T), Some(0), "{}", old.proc.stderr());
+    // The new one's registration survives the old one's session.
+    let me = format!("{r}/providers/{addr}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        zk.exists(&me, false).ok().flatten().is_some(),
+        "{me} is gone"
+    );
+    wait_until("the worker in the new pool", T, || {
+        pool_workers(&sock) == [w.addr.to_string()]
+    });
+    assert_eq!(get(old.addr, "a.com", "/4").status, 200);
+    drop(new);
+}

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -707,5 +707,66 @@ pub fn start_waitress_with(port: u16, args: &[&str]) -> Waitress {
             lines: Default::default(),
         },
         port,
+    }
+}
+
+// zdaemon, from the test virtualenv (`make test` installs it).
+
+pub fn zdaemon() -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/zdaemon"));
+    assert!(
+        p.exists(),
+        "no {}: run `make test` (it installs zdaemon)",
+        p.display()
+    );
+    p
+}
+
+pub fn zd(conf: &Path, cmd: &str) -> String {
+    let out = Command::new(zdaemon())
+        .arg("-C")
+        .arg(conf)
+        .arg(cmd)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn zd_pid(conf: &Path) -> Option<u32> {
+    let s = zd(conf, "status");
+    s.split("pid=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn write_conf(dir: &TempDir, name: &str, program: &str) -> PathBuf {
+    let conf = dir.path(&format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "<runner>\n  program {program}\n  socket-name {}\n  transcript {}\n  exit-codes 0,2\n  stop-timeout 30\n  backoff-limit 3\n</runner>\n",
+            dir.path(&format!("{name}.zdsock")).display(),
+            dir.path(&format!("{name}.log")).display(),
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Stops zdaemon-run programs even when a test fails.
+pub struct Cleanup(pub Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            let _ = zd(c, "stop");
+        }
     }
 }
