@@ -102,7 +102,7 @@ soak:
 
 ## Faults: an application down, a slow one, a hung worker, with each pool
 ## (FAULT_SECONDS per phase, default 4).
-faults: deps
+faults: deps bench-peers
 	$(CARGO) build --release --bins --examples $(FEATURES)
 	./target/release/examples/faults
 

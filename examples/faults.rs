@@ -13,6 +13,15 @@
 //! share of requests that took over a second, and (demo workers) the share
 //! of requests the faulty worker served. Figures, not assertions.
 //! FAULT_SECONDS sets the phase length (default 5).
+//!
+//! Then restarts under load (keep-alive and new-connection clients, GET
+//! and POST, `loadgen::Churn`), three in a run of twice the phase length,
+//! in front of two applications: resumelb reloaded with SIGHUP (a changed
+//! workers file), handed over to a new process, and stopped and started
+//! (what `zdaemon restart` does); HAProxy reloaded in master-worker mode
+//! (SIGUSR2, listeners passed on through its stats socket) and nginx
+//! reloaded (SIGHUP). Prints the requests sent and how they ended.
+//! FAULT_ONLY=restarts runs only those.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,7 +30,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use resumelb::loadgen::{bin_dir, die_with_parent, run, spawn, LoadResult, LoadSpec, Rng, Spawned};
+use resumelb::loadgen::{
+    bin_dir, die_with_parent, run, spawn, Churn, ChurnSpec, LoadResult, LoadSpec, Rng, Spawned,
+};
 
 const POOLS: [&str; 2] = ["resume", "classic"];
 const WORKERS: usize = 3;
@@ -185,14 +196,21 @@ fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    println!(
-        "faults: {WORKERS} workers x 4 threads, 8 connections, 10 classes, phases of {secs} s"
-    );
-    println!(
-        "{:<13} {:<8} {:<15} {:>7} {:>6} {:>8} {:>8} {:>6} {:>7}",
-        "fault", "pool", "phase", "req/s", "fail%", "p50 ms", "p99 ms", ">1s %", "faulty%"
-    );
-    for pool in POOLS {
+    let pools: &[&str] = if std::env::var("FAULT_ONLY").is_ok_and(|v| v == "restarts") {
+        &[]
+    } else {
+        &POOLS
+    };
+    if !pools.is_empty() {
+        println!(
+            "faults: {WORKERS} workers x 4 threads, 8 connections, 10 classes, phases of {secs} s"
+        );
+        println!(
+            "{:<13} {:<8} {:<15} {:>7} {:>6} {:>8} {:>8} {:>6} {:>7}",
+            "fault", "pool", "phase", "req/s", "fail%", "p50 ms", "p99 ms", ">1s %", "faulty%"
+        );
+    }
+    for &pool in pools {
         // The application behind one worker dies.
         let (mut apps, workers, front) = upstream_front(&bins, pool)?;
         phases("app down", pool, front.addr, "/echo", secs, None, || {
@@ -240,5 +258,276 @@ fn main() -> std::io::Result<()> {
         );
         drop((front, workers));
     }
+    restarts(&bins, secs)
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+/// A running server under restart: how to restart it, and what to drop.
+struct Subject {
+    name: &'static str,
+    restart: &'static str,
+    addr: SocketAddr,
+    /// Restart it (the n-th time).
+    go: Box<dyn FnMut(usize) -> std::io::Result<()>>,
+}
+
+/// Three restarts during a churn load of `secs`; one row.
+fn churn_row(mut s: Subject, secs: u64) -> std::io::Result<()> {
+    // Warm: every server has a connection to each backend.
+    load(s.addr, 1, "/echo")?;
+    let churn = Churn::start(&ChurnSpec {
+        target: s.addr,
+        keepalive: 6,
+        fresh: 2,
+        duration: Duration::from_secs(secs + 5),
+    })?;
+    let step = Duration::from_millis(secs * 1000 / 4);
+    for n in 0..3 {
+        std::thread::sleep(step);
+        (s.go)(n)?;
+    }
+    std::thread::sleep(step);
+    let t = churn.finish();
+    let (sent, ok, refused, broken, bad, mixed) = t.counts();
+    println!(
+        "{:<9} {:<26} {sent:>7} {ok:>7} {refused:>8} {broken:>7} {bad:>8} {mixed:>6}",
+        s.name, s.restart
+    );
     Ok(())
+}
+
+fn restarts(bins: &Path, secs: u64) -> std::io::Result<()> {
+    let secs = 2 * secs;
+    println!(
+        "\nrestarts: 6 keep-alive + 2 new-connection clients, GET and POST (1 in 3), \
+         3 restarts in {secs} s, 2 applications"
+    );
+    println!(
+        "{:<9} {:<26} {:>7} {:>7} {:>8} {:>7} {:>8} {:>6}",
+        "server", "restart", "sent", "2xx", "refused", "broken", "non-2xx", "mixed"
+    );
+    let apps: Vec<App> = (0..2)
+        .map(|_| start_app(0, 1))
+        .collect::<std::io::Result<_>>()?;
+    let workers: Vec<Spawned> = apps
+        .iter()
+        .map(|a| worker(bins, &format!("upstream:127.0.0.1:{}", a.port)))
+        .collect::<std::io::Result<_>>()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("workers");
+    let lb_bin = bins.join("resumelb");
+
+    // SIGHUP with the workers file alternating between one and two workers.
+    std::fs::write(&file, format!("{}\n{}\n", workers[0].addr, workers[1].addr))?;
+    let port = free_port()?.to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["-a", &addr, "--workers-file", file.to_str().unwrap_or("")];
+    let front = spawn(&lb_bin, &args, "listening on ")?;
+    let (pid, at) = (front.child.id(), front.addr);
+    let (w0, w1) = (workers[0].addr, workers[1].addr);
+    let f2 = file.clone();
+    churn_row(
+        Subject {
+            name: "resumelb",
+            restart: "reload (SIGHUP)",
+            addr: at,
+            go: Box::new(move |n| {
+                let text = if n % 2 == 0 {
+                    format!("{w0}\n")
+                } else {
+                    format!("{w0}\n{w1}\n")
+                };
+                std::fs::write(&f2, text)?;
+                kill(pid, "HUP");
+                Ok(())
+            }),
+        },
+        secs,
+    )?;
+    drop(front);
+
+    // Hand-over: a new process on the same address each time.
+    std::fs::write(&file, format!("{w0}\n{w1}\n"))?;
+    let first = spawn(&lb_bin, &args, "listening on ")?;
+    let at = first.addr;
+    let lbs = std::rc::Rc::new(std::cell::RefCell::new(vec![first]));
+    let l2 = lbs.clone();
+    let (b2, a2): (PathBuf, Vec<String>) =
+        (lb_bin.clone(), args.iter().map(|a| a.to_string()).collect());
+    churn_row(
+        Subject {
+            name: "resumelb",
+            restart: "hand-over (new process)",
+            addr: at,
+            go: Box::new(move |_| {
+                let a: Vec<&str> = a2.iter().map(String::as_str).collect();
+                l2.borrow_mut().push(spawn(&b2, &a, "listening on ")?);
+                Ok(())
+            }),
+        },
+        secs,
+    )?;
+    drop(lbs);
+
+    // Stop and start: what a supervisor's restart does.
+    let first = spawn(&lb_bin, &args, "listening on ")?;
+    let at = first.addr;
+    let current = std::rc::Rc::new(std::cell::RefCell::new(Some(first)));
+    let c2 = current.clone();
+    let (b2, a2): (PathBuf, Vec<String>) =
+        (lb_bin.clone(), args.iter().map(|a| a.to_string()).collect());
+    churn_row(
+        Subject {
+            name: "resumelb",
+            restart: "stop (SIGTERM) and start",
+            addr: at,
+            go: Box::new(move |_| {
+                if let Some(mut old) = c2.borrow_mut().take() {
+                    kill(old.child.id(), "TERM");
+                    let _ = old.child.wait();
+                }
+                let a: Vec<&str> = a2.iter().map(String::as_str).collect();
+                *c2.borrow_mut() = Some(spawn(&b2, &a, "listening on ")?);
+                Ok(())
+            }),
+        },
+        secs,
+    )?;
+    drop(current);
+
+    let backends: Vec<String> = apps
+        .iter()
+        .map(|a| format!("127.0.0.1:{}", a.port))
+        .collect();
+    match which("haproxy") {
+        Some(bin) => {
+            let port = free_port()?;
+            let d = dir.path();
+            let servers: String = backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("    server s{i} {b}\n"))
+                .collect();
+            let cfg = format!(
+                "global\n    master-worker\n    stats socket {}/haproxy.sock mode 600 expose-fd listeners level admin\n\
+                 defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+                 frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n\
+                 backend b\n    balance roundrobin\n{servers}",
+                d.display()
+            );
+            let path = d.join("haproxy.cfg");
+            std::fs::write(&path, cfg)?;
+            let mut cmd = Command::new(bin);
+            die_with_parent(&mut cmd);
+            let mut child = cmd
+                .arg("-W")
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let at: SocketAddr = format!("127.0.0.1:{port}")
+                .parse()
+                .map_err(std::io::Error::other)?;
+            wait_for_port(at)?;
+            let pid = child.id();
+            churn_row(
+                Subject {
+                    name: "HAProxy",
+                    restart: "reload (SIGUSR2, -W)",
+                    addr: at,
+                    go: Box::new(move |_| {
+                        kill(pid, "USR2");
+                        Ok(())
+                    }),
+                },
+                secs,
+            )?;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => println!("HAProxy   (not installed: make bench-peers)"),
+    }
+    match which("nginx") {
+        Some(bin) => {
+            let port = free_port()?;
+            let d = dir.path();
+            let servers: String = backends.iter().map(|b| format!("server {b}; ")).collect();
+            let cfg = format!(
+                "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
+                 http {{\n    access_log off;\n    upstream be {{ {servers}keepalive 16; }}\n\
+                 server {{\n        listen 127.0.0.1:{port};\n        location / {{\n\
+                 proxy_pass http://be;\n            proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n            proxy_set_header Host $host;\n\
+                 }}\n    }}\n}}\n",
+                d = d.display()
+            );
+            let path = d.join("nginx.conf");
+            std::fs::write(&path, cfg)?;
+            let mut cmd = Command::new(bin);
+            die_with_parent(&mut cmd);
+            let mut child = cmd
+                .arg("-p")
+                .arg(d)
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let at: SocketAddr = format!("127.0.0.1:{port}")
+                .parse()
+                .map_err(std::io::Error::other)?;
+            wait_for_port(at)?;
+            let pid = child.id();
+            churn_row(
+                Subject {
+                    name: "nginx",
+                    restart: "reload (SIGHUP)",
+                    addr: at,
+                    go: Box::new(move |_| {
+                        kill(pid, "HUP");
+                        Ok(())
+                    }),
+                },
+                secs,
+            )?;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => println!("nginx     (not installed: make bench-peers)"),
+    }
+    drop((workers, apps));
+    Ok(())
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
+}
+
+/// Wait until something accepts on `addr` (10 s at most).
+fn wait_for_port(addr: SocketAddr) -> std::io::Result<()> {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(std::io::Error::other(format!("nothing listens on {addr}")))
 }

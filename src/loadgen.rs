@@ -322,3 +322,171 @@ mod tests {
         assert_eq!(r.percentile_ms(99.0), 99.0);
     }
 }
+
+/// A load for restarts and reloads: keep-alive clients that reconnect
+/// only when told `Connection: close`, clients with a new connection per
+/// request, GETs and every third request a POST with a body, each counted
+/// by how it ended. Runs until `stop` or `duration`.
+#[derive(Debug, Clone)]
+pub struct ChurnSpec {
+    pub target: SocketAddr,
+    pub keepalive: usize,
+    pub fresh: usize,
+    pub duration: Duration,
+}
+
+/// How a churn load's requests ended.
+#[derive(Debug, Default)]
+pub struct ChurnTally {
+    pub sent: std::sync::atomic::AtomicU64,
+    /// 2xx, with the request's Host in the body (both the demo app and
+    /// the test WSGI app's `/echo` say it).
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Connections refused (or failing to open).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Resets, and connections closed with a request unanswered.
+    pub broken: std::sync::atomic::AtomicU64,
+    pub not_2xx: std::sync::atomic::AtomicU64,
+    /// A 2xx response for another request.
+    pub mixed_up: std::sync::atomic::AtomicU64,
+}
+
+impl ChurnTally {
+    fn get(n: &std::sync::atomic::AtomicU64) -> u64 {
+        n.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// (sent, ok, refused, broken, non-2xx, mixed up).
+    pub fn counts(&self) -> (u64, u64, u64, u64, u64, u64) {
+        (
+            Self::get(&self.sent),
+            Self::get(&self.ok),
+            Self::get(&self.refused),
+            Self::get(&self.broken),
+            Self::get(&self.not_2xx),
+            Self::get(&self.mixed_up),
+        )
+    }
+
+    pub fn summary(&self) -> String {
+        let (s, ok, r, b, n, m) = self.counts();
+        format!("sent {s}, ok {ok}, refused {r}, broken {b}, non-2xx {n}, mixed up {m}")
+    }
+}
+
+/// A running churn load.
+pub struct Churn {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub tally: Arc<ChurnTally>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Churn {
+    /// Start the load (loopback targets only).
+    pub fn start(spec: &ChurnSpec) -> io::Result<Churn> {
+        if !spec.target.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the load generator only targets loopback addresses",
+            ));
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tally = Arc::new(ChurnTally::default());
+        let end = Instant::now() + spec.duration;
+        let threads = (0..spec.keepalive + spec.fresh)
+            .map(|i| {
+                let (stop, tally) = (stop.clone(), tally.clone());
+                let (target, reuse) = (spec.target, i < spec.keepalive);
+                std::thread::spawn(move || churn_client(target, reuse, i, end, &stop, &tally))
+            })
+            .collect();
+        Ok(Churn {
+            stop,
+            tally,
+            threads,
+        })
+    }
+
+    /// Stop and wait for the clients.
+    pub fn finish(self) -> Arc<ChurnTally> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.tally
+    }
+}
+
+fn churn_client(
+    target: SocketAddr,
+    reuse: bool,
+    id: usize,
+    end: Instant,
+    stop: &std::sync::atomic::AtomicBool,
+    t: &ChurnTally,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut conn: Option<(TcpStream, ResponseReader)> = None;
+    let mut n = 0u64;
+    while !stop.load(Relaxed) && Instant::now() < end {
+        if conn.is_none() {
+            match TcpStream::connect(target) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    conn = Some((s, ResponseReader::new()));
+                }
+                Err(_) => {
+                    t.refused.fetch_add(1, Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            }
+        }
+        let Some((s, reader)) = conn.as_mut() else {
+            continue;
+        };
+        n += 1;
+        let close = if reuse { "" } else { "Connection: close\r\n" };
+        let site = format!("site{}.example", n % 7);
+        let req = if n % 3 == 0 {
+            let body = format!("{id}-{n}").repeat(20);
+            format!(
+                "POST /echo?c={id}-{n} HTTP/1.1\r\nHost: {site}\r\n{close}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            format!("GET /echo?c={id}-{n} HTTP/1.1\r\nHost: {site}\r\n{close}\r\n")
+        };
+        t.sent.fetch_add(1, Relaxed);
+        if s.write_all(req.as_bytes()).is_err() {
+            t.broken.fetch_add(1, Relaxed);
+            conn = None;
+            continue;
+        }
+        let head = match reader.head(s, false) {
+            Ok(Some(h)) => h,
+            _ => {
+                t.broken.fetch_add(1, Relaxed);
+                conn = None;
+                continue;
+            }
+        };
+        let (body, complete) = reader.read_body(s, &head);
+        if !complete {
+            t.broken.fetch_add(1, Relaxed);
+            conn = None;
+            continue;
+        }
+        if !(200..300).contains(&head.code) {
+            t.not_2xx.fetch_add(1, Relaxed);
+        } else if !String::from_utf8_lossy(&body).contains(&format!("\"{site}\"")) {
+            t.mixed_up.fetch_add(1, Relaxed);
+        } else {
+            t.ok.fetch_add(1, Relaxed);
+        }
+        if !reuse || !head.keep_alive {
+            conn = None;
+        }
+    }
+}

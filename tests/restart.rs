@@ -6,157 +6,49 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use resumelb::http::client::ResponseReader;
+use resumelb::loadgen::{Churn, ChurnSpec};
 
-/// Failures by kind, and requests answered with 2xx.
-#[derive(Default)]
-struct Tally {
-    sent: AtomicU64,
-    ok: AtomicU64,
-    refused: AtomicU64,
-    /// Resets, and connections closed with a request unanswered.
-    broken: AtomicU64,
-    not_2xx: AtomicU64,
-    /// A response claiming a request the client did not send (answered
-    /// twice, or to the wrong request).
-    mixed_up: AtomicU64,
-}
-
-impl Tally {
-    fn failures(&self) -> String {
-        format!(
-            "sent {}, ok {}, refused {}, broken {}, non-2xx {}, mixed up {}",
-            self.sent.load(Ordering::Relaxed),
-            self.ok.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-            self.broken.load(Ordering::Relaxed),
-            self.not_2xx.load(Ordering::Relaxed),
-            self.mixed_up.load(Ordering::Relaxed),
-        )
-    }
-
-    fn assert_clean(&self) {
-        let ok = self.ok.load(Ordering::Relaxed);
-        assert!(ok > 100, "too little traffic: {}", self.failures());
-        assert_eq!(ok, self.sent.load(Ordering::Relaxed), "{}", self.failures());
-    }
-}
-
-/// Load on `lbs`: `keepalive` clients reuse their connection until told
-/// `Connection: close`, `fresh` clients open one per request; every third
-/// request is a POST with a body. Runs until `stop`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
+/// Load on each of `lbs`: keep-alive and new-connection clients, GETs
+/// and POSTs (`loadgen::Churn`).
+struct Load(Vec<Churn>);
 
 fn start_load(lbs: &[SocketAddr], keepalive: usize, fresh: usize) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let mut threads = Vec::new();
-    for i in 0..keepalive + fresh {
-        let (stop, tally) = (stop.clone(), tally.clone());
-        let lb = lbs[i % lbs.len()];
-        let reuse = i < keepalive;
-        threads.push(std::thread::spawn(move || {
-            client(lb, reuse, i, &stop, &tally)
-        }));
-    }
-    Load {
-        stop,
-        tally,
-        threads,
-    }
+    Load(
+        lbs.iter()
+            .map(|&target| {
+                Churn::start(&ChurnSpec {
+                    target,
+                    keepalive: keepalive / lbs.len(),
+                    fresh: fresh / lbs.len(),
+                    duration: Duration::from_secs(60),
+                })
+                .expect("load")
+            })
+            .collect(),
+    )
 }
 
 impl Load {
-    fn finish(self) -> Arc<Tally> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("a load thread");
-        }
-        self.tally
+    fn summary(&self) -> String {
+        self.0
+            .iter()
+            .map(|c| c.tally.summary())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
-}
 
-fn client(lb: SocketAddr, reuse: bool, id: usize, stop: &AtomicBool, t: &Tally) {
-    let mut conn: Option<(TcpStream, ResponseReader)> = None;
-    let mut n = 0u64;
-    // Each request at most 5 s of the test's whole run.
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
-        if conn.is_none() {
-            match TcpStream::connect(lb) {
-                Ok(s) => {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    conn = Some((s, ResponseReader::new()));
-                }
-                Err(_) => {
-                    t.refused.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-            }
-        }
-        let Some((s, reader)) = conn.as_mut() else {
-            continue;
-        };
-        n += 1;
-        let close = if reuse { "" } else { "Connection: close\r\n" };
-        let site = format!("site{}.example", n % 7);
-        let req = if n % 3 == 0 {
-            let body = format!("{id}-{n}").repeat(20);
-            format!(
-                "POST /o{}?c={id}-{n} HTTP/1.1\r\nHost: {site}\r\n{close}Content-Length: {}\r\n\r\n{body}",
-                n % 11,
-                body.len()
-            )
-        } else {
-            format!(
-                "GET /o{}?c={id}-{n} HTTP/1.1\r\nHost: {site}\r\n{close}\r\n",
-                n % 11
-            )
-        };
-        t.sent.fetch_add(1, Ordering::Relaxed);
-        if s.write_all(req.as_bytes()).is_err() {
-            t.broken.fetch_add(1, Ordering::Relaxed);
-            conn = None;
-            continue;
-        }
-        let head = match reader.head(s, false) {
-            Ok(Some(h)) => h,
-            _ => {
-                t.broken.fetch_add(1, Ordering::Relaxed);
-                conn = None;
-                continue;
-            }
-        };
-        let (body, complete) = reader.read_body(s, &head);
-        if !complete {
-            t.broken.fetch_add(1, Ordering::Relaxed);
-            conn = None;
-            continue;
-        }
-        if !(200..300).contains(&head.code) {
-            t.not_2xx.fetch_add(1, Ordering::Relaxed);
-        } else if !String::from_utf8_lossy(&body).contains(&format!("\"{site}\"")) {
-            t.mixed_up.fetch_add(1, Ordering::Relaxed);
-        } else {
-            t.ok.fetch_add(1, Ordering::Relaxed);
-        }
-        let closing = head
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if !reuse || closing {
-            conn = None;
+    /// Stop; every request sent was answered with 2xx, and enough were.
+    fn finish_clean(self) {
+        for c in self.0 {
+            let t = c.finish();
+            let (sent, ok, ..) = t.counts();
+            eprintln!("{}", t.summary());
+            assert!(ok > 50, "too little traffic: {}", t.summary());
+            assert_eq!(ok, sent, "{}", t.summary());
         }
     }
 }
@@ -209,7 +101,7 @@ fn lb_reloaded_and_handed_over_under_load() {
         .wait_for("keeping the running configuration", Duration::from_secs(5));
     assert!(pool_has(&sock, w2.addr));
     std::thread::sleep(Duration::from_millis(700));
-    let after_reload = load.tally.failures();
+    let after_reload = load.summary();
 
     // Hand-over: a new process on the same address; the old one exits 0.
     std::fs::write(&file, format!("{}\n{}\n", w1.addr, w2.addr)).expect("write");
@@ -234,12 +126,8 @@ fn lb_reloaded_and_handed_over_under_load() {
         || pool_has(&sock, w1.addr) && pool_has(&sock, w2.addr),
     );
     std::thread::sleep(Duration::from_millis(700));
-    let tally = load.finish();
-    eprintln!(
-        "after the reload: {after_reload}; at the end: {}",
-        tally.failures()
-    );
-    tally.assert_clean();
+    eprintln!("after the reload: {after_reload}");
+    load.finish_clean();
     drop(new);
 }
 
@@ -323,9 +211,7 @@ fn worker_restarted_behind_two_lbs_under_load() {
         });
     }
     std::thread::sleep(Duration::from_millis(700));
-    let tally = load.finish();
-    eprintln!("{}", tally.failures());
-    tally.assert_clean();
+    load.finish_clean();
 }
 
 #[test]
@@ -367,7 +253,5 @@ fn hand_over_between_two_zdaemon_configurations() {
         !zd(&a, "status").contains("program running"),
         "zdaemon restarted lb-a"
     );
-    let tally = load.finish();
-    eprintln!("{}", tally.failures());
-    tally.assert_clean();
+    load.finish_clean();
 }
