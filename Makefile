@@ -101,7 +101,8 @@ soak:
 	./target/release/examples/soak
 
 ## Faults: an application down, a slow one, a hung worker, with each pool
-## (FAULT_SECONDS per phase, default 4).
+## (FAULT_SECONDS per phase, default 5); then restarts and reloads under
+## load beside HAProxy's and nginx's (FAULT_ONLY=restarts for those alone).
 faults: deps bench-peers
 	$(CARGO) build --release --bins --examples $(FEATURES)
 	./target/release/examples/faults
