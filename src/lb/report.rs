@@ -388,3 +388,78 @@ pub(super) fn metrics_text(ctx: &Ctx, workers: &Workers, clients: &Clients) -> S
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::board::Point;
+    use crate::lb::resolver::Resolver;
+    use crate::lb::spill::SpillIo;
+    use crate::lb::{LbConfig, WorkerSpec};
+    use crate::pool::WorkerId;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    /// The page's keys from the loop's parts, with no worker running: a
+    /// configured address nobody answers on, counted requests, an event
+    /// and a history point.
+    #[test]
+    fn the_page_keys_of_the_document() {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
+        let (spill, _rx) = SpillIo::start(waker.clone()).expect("spill thread");
+        let registry = poll.registry().try_clone().expect("registry");
+        let local = "127.0.0.1:8080".parse().expect("address");
+        let mut ctx = Ctx::new(LbConfig::default(), local, registry, spill);
+        let mut workers = Workers::new(Resolver::start(waker).expect("resolver"));
+        // Port 1 on loopback: refused, so never joined.
+        workers.set(vec![WorkerSpec::new("127.0.0.1:1")], &mut ctx);
+        let now = Instant::now();
+        for (class, status) in [("a.com", 200), ("a.com", 503), ("b.com", 200)] {
+            ctx.metrics.observe(class, status, 0.002, now);
+            ctx.metrics.served(class, WorkerId(7));
+        }
+        ctx.metrics.tick(1.0);
+        ctx.board
+            .event("settings", None, "pool settings changed".into());
+        ctx.board.sample(Point {
+            at: SystemTime::now(),
+            requests_per_s: 3.0,
+            backlog: 1,
+            in_flight: 1,
+            waiting: 0,
+        });
+        let doc: Value = serde_json::from_slice(&document(&ctx, &workers, &Clients::default(), 1))
+            .expect("json");
+        assert_eq!(doc["lb"]["address"], "127.0.0.1:8080");
+        assert_eq!(doc["lb"]["pid"], std::process::id());
+        assert_eq!(doc["totals"]["requests"], 3);
+        assert_eq!(doc["totals"]["errors_5xx"], 1);
+        assert_eq!(doc["totals"]["requests_per_s"], 3.0);
+        let list = doc["worker_list"].as_array().expect("worker_list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["address"], "127.0.0.1:1");
+        assert_eq!(list[0]["state"], "unavailable");
+        assert!(list[0]["reason"].is_string(), "{}", list[0]);
+        // One class asked for: the busiest, with no score (no résumé) and
+        // its requests all answered by one worker no résumé names.
+        let classes = doc["classes"].as_array().expect("classes");
+        assert_eq!(classes.len(), 1);
+        assert_eq!(classes[0]["class"], "a.com");
+        assert_eq!(classes[0]["requests"], 2);
+        assert_eq!(classes[0]["p50"], 0.002);
+        assert_eq!(classes[0]["best_worker"], Value::Null);
+        assert_eq!(classes[0]["best_share"], Value::Null);
+        let events = doc["events"].as_array().expect("events");
+        assert_eq!(
+            events.last().map(|e| e["kind"].clone()),
+            Some(json!("settings"))
+        );
+        assert!(events.iter().any(|e| e["kind"] == "added"));
+        assert_eq!(doc["history"]["points"][0][1], 3.0);
+        // The document's older keys are all still there.
+        for key in ["backlog", "workers", "worker_details", "settings", "pool"] {
+            assert!(doc.get(key).is_some(), "{key}");
+        }
+    }
+}

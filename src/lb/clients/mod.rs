@@ -409,7 +409,8 @@ impl Clients {
         respond::write_lines(lines, ctx);
     }
 
-    /// Shutting down: idle connections close now, busy ones after their
+    /// Shutting down: idle connections close now (after a hand-over,
+    /// once idle for [`HANDOVER_GRACE`] more), busy ones after their
     /// response.
     pub(super) fn stop(&mut self, ctx: &mut Ctx) {
         let grace = Instant::now() + HANDOVER_GRACE;
