@@ -430,35 +430,20 @@ fn restarts(bins: &Path, secs: u64) -> std::io::Result<()> {
             );
             let path = d.join("haproxy.cfg");
             std::fs::write(&path, cfg)?;
-            let mut cmd = Command::new(bin);
-            die_with_parent(&mut cmd);
-            let mut child = cmd
-                .arg("-W")
-                .arg("-db")
-                .arg("-f")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let at: SocketAddr = format!("127.0.0.1:{port}")
-                .parse()
-                .map_err(std::io::Error::other)?;
-            wait_for_port(at)?;
-            let pid = child.id();
-            churn_row(
-                Subject {
-                    name: "HAProxy",
-                    restart: "reload (SIGUSR2, -W)",
-                    addr: at,
-                    go: Box::new(move |_| {
-                        kill(pid, "USR2");
-                        Ok(())
-                    }),
-                },
+            reload_row(
+                "HAProxy",
+                "reload (SIGUSR2, -W)",
+                &bin,
+                &[
+                    "-W".as_ref(),
+                    "-db".as_ref(),
+                    "-f".as_ref(),
+                    path.as_os_str(),
+                ],
+                port,
+                "USR2",
                 secs,
             )?;
-            let _ = child.kill();
-            let _ = child.wait();
         }
         None => println!("HAProxy   (not installed: make bench-peers)"),
     }
@@ -479,40 +464,64 @@ fn restarts(bins: &Path, secs: u64) -> std::io::Result<()> {
             );
             let path = d.join("nginx.conf");
             std::fs::write(&path, cfg)?;
-            let mut cmd = Command::new(bin);
-            die_with_parent(&mut cmd);
-            let mut child = cmd
-                .arg("-p")
-                .arg(d)
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let at: SocketAddr = format!("127.0.0.1:{port}")
-                .parse()
-                .map_err(std::io::Error::other)?;
-            wait_for_port(at)?;
-            let pid = child.id();
-            churn_row(
-                Subject {
-                    name: "nginx",
-                    restart: "reload (SIGHUP)",
-                    addr: at,
-                    go: Box::new(move |_| {
-                        kill(pid, "HUP");
-                        Ok(())
-                    }),
-                },
+            reload_row(
+                "nginx",
+                "reload (SIGHUP)",
+                &bin,
+                &[
+                    "-p".as_ref(),
+                    d.as_os_str(),
+                    "-c".as_ref(),
+                    path.as_os_str(),
+                ],
+                port,
+                "HUP",
                 secs,
             )?;
-            let _ = child.kill();
-            let _ = child.wait();
         }
         None => println!("nginx     (not installed: make bench-peers)"),
     }
     drop((workers, apps));
     Ok(())
+}
+
+/// A peer started as `bin args` on `port`, reloaded with `sig` three
+/// times under load: one row.
+fn reload_row(
+    name: &'static str,
+    restart: &'static str,
+    bin: &Path,
+    args: &[&std::ffi::OsStr],
+    port: u16,
+    sig: &'static str,
+    secs: u64,
+) -> std::io::Result<()> {
+    let mut cmd = Command::new(bin);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let at = SocketAddr::from(([127, 0, 0, 1], port));
+    let result = wait_for_port(at).and_then(|()| {
+        let pid = child.id();
+        churn_row(
+            Subject {
+                name,
+                restart,
+                addr: at,
+                go: Box::new(move |_| {
+                    kill(pid, sig);
+                    Ok(())
+                }),
+            },
+            secs,
+        )
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 fn kill(pid: u32, sig: &str) {

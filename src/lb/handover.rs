@@ -20,8 +20,12 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::time::Duration;
 
-/// How long either side waits for the other's line.
+/// How long the new LB waits for the running one's answer.
 const PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long the running LB, on its I/O thread, waits for the line a new
+/// one sends as soon as it connects.
+const ASKED: Duration = Duration::from_millis(500);
 
 fn name(addr: SocketAddr) -> io::Result<UnixAddr> {
     UnixAddr::from_abstract_name(format!("resumelb-handover:{addr}").as_bytes())
@@ -71,8 +75,8 @@ pub fn successor(stream: mio::net::UnixStream) -> io::Result<Successor> {
     // SAFETY: the descriptor is moved out of the mio stream.
     let stream = unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) };
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(PATIENCE))?;
-    stream.set_write_timeout(Some(PATIENCE))?;
+    stream.set_read_timeout(Some(ASKED))?;
+    stream.set_write_timeout(Some(ASKED))?;
     let uid = peer_uid(&stream)?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };

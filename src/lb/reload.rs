@@ -15,17 +15,6 @@ use super::WorkerSpec;
 use crate::classify::Classifier;
 use crate::pool::Settings;
 
-/// Names a `NAME = VALUE` line may set.
-const SETTINGS: [&str; 7] = [
-    "variance",
-    "backlog_history",
-    "unskilled_score",
-    "slow_factor",
-    "spill_factor",
-    "max_depth",
-    "eject_after",
-];
-
 /// What a workers file says.
 #[derive(Debug, Clone)]
 pub struct WorkersFile {
@@ -70,7 +59,7 @@ pub fn parse(path: &Path, text: &str) -> Result<WorkersFile, String> {
                     .parse::<Classifier>()
                     .map_err(|e| at(i, format!("request_classifier: {e}")))?;
                 f.classifier = Some((value.to_string(), c));
-            } else if SETTINGS.contains(&name) {
+            } else if Settings::NAMES.contains(&name) {
                 let one: Map<String, Value> =
                     std::iter::once((name.to_string(), Value::String(value.to_string()))).collect();
                 let (_, errors) = Settings::from_properties(&one, &Settings::default());

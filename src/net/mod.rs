@@ -152,21 +152,17 @@ pub(crate) struct Bound {
 impl Bound {
     /// Listen on `addr` (port 0 picks one) with listen backlog `backlog`.
     pub(crate) fn new(addr: &str, backlog: i32) -> io::Result<Bound> {
-        let (listener, addr) = crate::util::net::listener(addr, backlog)?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        Ok(Bound {
-            poll,
-            waker,
-            listener,
-            addr,
-        })
+        let (listener, _) = crate::util::net::listener(addr, backlog)?;
+        Bound::around(listener)
     }
 
     /// Start from a listening socket another process handed over.
     pub(crate) fn from_listener(listener: std::net::TcpListener) -> io::Result<Bound> {
         listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener);
+        Bound::around(TcpListener::from_std(listener))
+    }
+
+    fn around(listener: TcpListener) -> io::Result<Bound> {
         let addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);

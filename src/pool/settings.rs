@@ -71,6 +71,17 @@ fn as_f64(v: &Value) -> Option<f64> {
 }
 
 impl Settings {
+    /// The properties [`Settings::from_properties`] reads.
+    pub const NAMES: [&'static str; 7] = [
+        "variance",
+        "backlog_history",
+        "unskilled_score",
+        "slow_factor",
+        "spill_factor",
+        "max_depth",
+        "eject_after",
+    ];
+
     /// Settings from properties: every setting is set, an absent one to its
     /// value in `defaults`; `"2"` → 2.0, `6.2` → 6 for `backlog_history`.
     /// Unusable values are reported and replaced by the default.
@@ -198,18 +209,7 @@ mod tests {
         );
         assert_eq!(s, Settings::default());
         let names: Vec<_> = errs.iter().map(|e| e.name).collect();
-        assert_eq!(
-            names,
-            [
-                "variance",
-                "backlog_history",
-                "unskilled_score",
-                "slow_factor",
-                "spill_factor",
-                "max_depth",
-                "eject_after"
-            ]
-        );
+        assert_eq!(names, Settings::NAMES);
         assert!(errs[0].to_string().contains("variance=\"lots\""));
     }
 }
