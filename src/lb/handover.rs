@@ -148,21 +148,31 @@ pub fn take(addr: SocketAddr) -> io::Result<Option<(std::net::TcpListener, u32)>
 /// Room for one descriptor's control message.
 const CMSG_SPACE: usize = 64;
 
+/// A message header over one data buffer and a control area of which
+/// `control_len` bytes count; the caller keeps both alive while it is used.
+fn header(iov: &mut libc::iovec, control: &mut [u8], control_len: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control_len.min(control.len());
+    msg
+}
+
 fn send_fd(s: &UnixStream, fd: RawFd, data: &[u8]) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
     let mut control = [0u8; CMSG_SPACE];
-    // SAFETY: msghdr is plain data; every pointer in it points at a live
-    // buffer of the stated length, and the control message written through
-    // CMSG_FIRSTHDR fits `control` (CMSG_SPACE of one int is 24 bytes).
+    // SAFETY: CMSG_SPACE is a size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let msg = header(&mut iov, &mut control, space);
+    // SAFETY: every pointer in `msg` points at a live buffer of the stated
+    // length, and the control message written through CMSG_FIRSTHDR fits
+    // `control` (CMSG_SPACE of one int is 24 bytes).
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -182,14 +192,10 @@ fn recv_fd(s: &UnixStream) -> io::Result<(RawFd, Vec<u8>)> {
         iov_len: data.len(),
     };
     let mut control = [0u8; CMSG_SPACE];
+    let mut msg = header(&mut iov, &mut control, CMSG_SPACE);
     // SAFETY: as in send_fd; the kernel writes at most msg_controllen
     // bytes of control data and iov_len bytes of data.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len();
         let n = libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
             return Err(io::Error::last_os_error());
