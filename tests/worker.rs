@@ -469,3 +469,242 @@ fn failed_requests_are_not_counted_as_skill() {
         get_worker_resume(w.addr) == "(empty résumé)\nfailed (5xx, not in the résumé):\ndown 3\n"
     });
 }
+
+/// What a scripted upstream does with request `nth` (from 0) on its
+/// connection `conn` (from 0).
+#[derive(Clone, Copy)]
+enum Reply {
+    /// Answer after this long, the path as the body, keeping the
+    /// connection open.
+    Answer(Duration),
+    /// Read the request and close the connection without an answer.
+    Close,
+    /// Read the request and never answer.
+    Hang,
+}
+
+/// An HTTP server on 127.0.0.1 that answers as `script` says, counting
+/// connections (all, and the most open at once).
+struct Scripted {
+    port: u16,
+    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most_open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn scripted(script: fn(usize, usize) -> Reply) -> Scripted {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let most_open = Arc::new(AtomicUsize::new(0));
+    let (c, o, m) = (conns.clone(), open.clone(), most_open.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let conn = c.fetch_add(1, Ordering::SeqCst);
+            let now_open = o.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now_open, Ordering::SeqCst);
+            let o = o.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                for nth in 0.. {
+                    // One GET head (no body) at a time.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => {
+                                o.fetch_sub(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    match script(conn, nth) {
+                        Reply::Answer(after) => {
+                            std::thread::sleep(after);
+                            let r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                                path.len()
+                            );
+                            if s.write_all(r.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                        Reply::Close => break,
+                        Reply::Hang => std::thread::sleep(Duration::from_secs(60)),
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Scripted {
+        port,
+        conns,
+        most_open,
+    }
+}
+
+/// Collect the responses to `rnos`, sent together.
+fn collect_all(lb: &mut TestLb, rnos: &[u32]) -> std::collections::HashMap<u32, Collected> {
+    let mut got: std::collections::HashMap<u32, Collected> = Default::default();
+    let mut ended = 0;
+    while ended < rnos.len() {
+        let Some(m) = lb.recv() else {
+            panic!("the worker closed with {ended} of {} answered", rnos.len())
+        };
+        match m {
+            ToLb::Head(r, h) => got.entry(r).or_default().head = Some(h),
+            ToLb::Body(r, b) => got.entry(r).or_default().body.extend(b),
+            ToLb::End(r) | ToLb::Abort(r) => {
+                let c = got.entry(r).or_default();
+                c.ended = matches!(m, ToLb::End(_));
+                c.aborted = !c.ended;
+                ended += 1;
+            }
+            _ => {}
+        }
+    }
+    got
+}
+
+#[test]
+fn forwarding_keeps_to_threads_connections_and_answers_every_queued_request() {
+    use std::sync::atomic::Ordering;
+    let up = scripted(|_, _| Reply::Answer(Duration::from_millis(20)));
+    let app = format!("upstream:127.0.0.1:{}", up.port);
+    let w = start_worker(&["--app", &app, "--threads", "2"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let rnos: Vec<u32> = (1..=12).collect();
+    for &rno in &rnos {
+        lb.send_request(rno, environ("GET", &format!("/r{rno}"), "", "x"), b"");
+    }
+    let got = collect_all(&mut lb, &rnos);
+    for &rno in &rnos {
+        let c = &got[&rno];
+        assert_eq!((c.code(), c.ended), (200, true), "request {rno}");
+        assert_eq!(c.body, format!("/r{rno}").as_bytes());
+    }
+    // Two connections, each kept alive for six requests in turn.
+    assert_eq!(up.most_open.load(Ordering::SeqCst), 2);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn forwarding_sends_again_once_when_a_kept_alive_connection_was_closed() {
+    use std::sync::atomic::Ordering;
+    // Each connection answers its first request and drops its second.
+    let up = scripted(|_, nth| match nth {
+        0 => Reply::Answer(Duration::ZERO),
+        _ => Reply::Close,
+    });
+    let app = format!("upstream:127.0.0.1:{}", up.port);
+    let w = start_worker(&["--app", &app, "--threads", "1"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    for rno in 1..=3 {
+        let r = lb.request(rno, environ("GET", &format!("/s{rno}"), "", "x"), b"");
+        assert_eq!((r.code(), r.ended), (200, true), "request {rno}");
+        assert_eq!(r.body, format!("/s{rno}").as_bytes());
+    }
+    // Requests 2 and 3 each found their connection dropped and were sent
+    // again on a new one.
+    assert_eq!(up.conns.load(Ordering::SeqCst), 3);
+    // A new connection that fails is not retried: 502.
+    let up = scripted(|_, _| Reply::Close);
+    let app = format!("upstream:127.0.0.1:{}", up.port);
+    let w = start_worker(&["--app", &app, "--threads", "1"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let r = lb.request(1, environ("GET", "/x", "", "x"), b"");
+    assert_eq!(r.code(), 502);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+    w.proc
+        .wait_for("closed the connection before a response", T);
+}
+
+#[test]
+fn forwarding_gives_up_on_a_silent_upstream_after_the_timeout() {
+    let up = scripted(|conn, _| match conn {
+        0 => Reply::Hang,
+        _ => Reply::Answer(Duration::ZERO),
+    });
+    let app = format!("upstream:127.0.0.1:{}", up.port);
+    let w = start_worker(&["--app", &app, "--threads", "1", "--upstream-timeout", "0.5"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    let started = Instant::now();
+    let r = lb.request(1, environ("GET", "/hang", "", "x"), b"");
+    assert_eq!(r.code(), 502);
+    assert!(started.elapsed() < T);
+    w.proc.wait_for("no response within 0.5 s", T);
+    // The connection is replaced: the next request is answered.
+    let r = lb.request(2, environ("GET", "/next", "", "x"), b"");
+    assert_eq!((r.code(), r.body.as_slice()), (200, &b"/next"[..]));
+}
+
+#[test]
+fn forwarding_passes_large_bodies_both_ways() {
+    let ws = start_waitress(0);
+    let app = format!("upstream:127.0.0.1:{}", ws.port);
+    let w = start_worker(&["--app", &app, "--threads", "2"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    // Over the worker's 1 MiB spill threshold: an app thread sends it.
+    let body = resumelb::worker::demo::pattern(7, 3 << 20);
+    let r = lb.request(1, environ("POST", "/echo", "", "x"), &body);
+    assert_eq!(r.code(), 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["body_digest"], digest(&body));
+    // Under it: the I/O thread sends it.
+    let body = resumelb::worker::demo::pattern(8, 900 << 10);
+    let r = lb.request(2, environ("POST", "/echo", "", "x"), &body);
+    assert_eq!(r.json()["body_digest"], digest(&body));
+    // A response past the flow limit (1 MiB) streams whole, chunked and
+    // sized, also to an LB that starts reading late (the upstream
+    // connection waits for room meanwhile).
+    let size = (16 << 20) + 17;
+    for (rno, path) in [(3, "/big"), (4, "/sized")] {
+        lb.send_request(rno, environ("GET", path, &format!("size={size}"), "x"), b"");
+        std::thread::sleep(Duration::from_millis(500));
+        let r = lb.collect(rno, &mut Vec::new());
+        assert_eq!((r.code(), r.ended), (200, true));
+        assert!(r.body == resumelb::worker::demo::pattern(0, size), "{path}");
+    }
+}
+
+#[test]
+fn forwarding_drops_a_cancelled_request_and_goes_on() {
+    let up = scripted(|_, _| Reply::Answer(Duration::from_millis(300)));
+    let app = format!("upstream:127.0.0.1:{}", up.port);
+    let w = start_worker(&["--app", &app, "--threads", "1"]);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    // 1 is on the only connection, 2 waits for it, 3 waits behind 2.
+    for rno in 1..=3 {
+        lb.send_request(rno, environ("GET", &format!("/c{rno}"), "", "x"), b"");
+    }
+    lb.send(&ToWorker::Cancel(1));
+    lb.send(&ToWorker::Cancel(2));
+    let mut others = Vec::new();
+    let r = lb.collect(3, &mut others);
+    assert_eq!((r.code(), r.body.as_slice()), (200, &b"/c3"[..]));
+    assert!(
+        others.iter().all(|m| !matches!(
+            m,
+            ToLb::Head(1 | 2, _) | ToLb::Body(1 | 2, _) | ToLb::End(1 | 2)
+        )),
+        "frames of cancelled requests: {others:?}"
+    );
+    // 2 was never sent upstream: one connection, two requests on it.
+    assert_eq!(up.conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

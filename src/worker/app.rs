@@ -34,6 +34,15 @@ pub trait App: Send + Sync + 'static {
     fn available(&self) -> bool {
         true
     }
+
+    /// For an app that only forwards each request to an HTTP server: where
+    /// to. The worker's I/O thread then forwards requests whose bodies are
+    /// in memory itself, with no app thread between; the rest still go to
+    /// [`App::serve`]. `None` (the default): every request goes to the app
+    /// threads.
+    fn forwarding(&self) -> Option<super::upstream::Forwarding> {
+        None
+    }
 }
 
 impl<F> App for F

@@ -202,6 +202,7 @@ impl Worker {
             timer: timer.0.clone(),
             wake_pending: wake_pending.clone(),
         });
+        let app_forwarding = app.forwarding();
         let _health_thread = health::spawn(app.clone(), ctl_tx.clone(), waker.clone())?;
         let _timer_thread = timer::spawn(
             tracker,
@@ -225,6 +226,17 @@ impl Worker {
             failed: Default::default(),
         };
         encode_hello(&mut Vec::new(), &hello).map_err(std::io::Error::other)?;
+        let proxy = match app_forwarding {
+            Some(to) => {
+                log::info!(
+                    "forwarding to {} from the I/O thread, at most {threads} connection(s)",
+                    to.addr
+                );
+                let registry = poll.registry().try_clone()?;
+                Some(io::Proxy::new(to, registry, threads, timer_tx.clone()))
+            }
+            None => None,
+        };
         let io = io::IoLoop::new(
             poll,
             listener,
@@ -238,6 +250,7 @@ impl Worker {
                 allow: config.allow.clone(),
             },
             jobs_tx,
+            proxy,
             bodies,
             io::Inputs {
                 out: out_rx,

@@ -49,6 +49,22 @@ impl Flow {
         }
     }
 
+    /// Count `n` more bytes as pending without waiting: for frames the I/O
+    /// thread makes itself (forwarding), which check [`Flow::has_room`]
+    /// before they read more.
+    pub(crate) fn add(&self, n: usize) {
+        self.state.lock().pending += n;
+    }
+
+    /// Whether more may be handed over now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.state.lock().pending <= FLOW_LIMIT
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     /// `n` bytes left the pending count.
     pub(crate) fn release(&self, n: usize) {
         if n == 0 {

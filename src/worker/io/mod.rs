@@ -4,6 +4,7 @@
 //! down by draining. Built on the shared loop core (`crate::net`).
 
 mod conn;
+mod proxy;
 
 use std::collections::BTreeSet;
 use std::io;
@@ -29,6 +30,7 @@ use crate::util::allow::AllowList;
 
 pub(crate) use conn::IoConfig;
 use conn::{Ctx, LbConn};
+pub(crate) use proxy::Proxy;
 
 const CONN: u8 = 1;
 
@@ -80,6 +82,7 @@ impl IoLoop {
         listener: TcpListener,
         cfg: IoConfig,
         jobs: Sender<Job>,
+        proxy: Option<Proxy>,
         bodies: BodyIo,
         inputs: Inputs,
         trace: TraceLog,
@@ -99,7 +102,7 @@ impl IoLoop {
             deadlines: Deadlines::default(),
             draining: None,
             scratch: Scratch::default(),
-            ctx: Ctx::new(cfg, jobs, bodies, trace, resume_frame, hello),
+            ctx: Ctx::new(cfg, jobs, proxy, bodies, trace, resume_frame, hello),
         })
     }
 
@@ -357,6 +360,9 @@ impl IoLoop {
 
     fn run_deadlines(&mut self) {
         let now = Instant::now();
+        if let Some(proxy) = self.ctx.proxy.as_mut() {
+            proxy.run_deadlines(now);
+        }
         while let Some((at, due)) = self.deadlines.pop_due(now) {
             match due {
                 Due::Conn(key) => {
@@ -394,6 +400,23 @@ impl IoLoop {
         }
     }
 
+    /// Route what forwarding made and write it out, until no connection
+    /// held for room can move on.
+    fn forward_and_flush(&mut self) {
+        loop {
+            if let Some(proxy) = self.ctx.proxy.as_mut() {
+                for out in proxy.take_outs() {
+                    self.on_out(out);
+                }
+            }
+            self.flush_dirty();
+            let moved = self.ctx.proxy.as_mut().is_some_and(Proxy::resume_held);
+            if !moved {
+                return;
+            }
+        }
+    }
+
     fn flush(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -412,7 +435,7 @@ impl IoLoop {
             for key in keys {
                 self.read(key);
             }
-            self.flush_dirty();
+            self.forward_and_flush();
         }
     }
 }
@@ -423,7 +446,11 @@ impl Reactor for IoLoop {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.next()
+        let own = self.deadlines.next();
+        match self.ctx.proxy.as_ref().and_then(Proxy::next_deadline) {
+            Some(at) => Some(own.map_or(at, |o| o.min(at))),
+            None => own,
+        }
     }
 
     fn accept(&mut self) {
@@ -431,9 +458,15 @@ impl Reactor for IoLoop {
     }
 
     fn ready(&mut self, token: Token, ready: Ready) {
-        let Some((_, key)) = token_conn(token) else {
+        let Some((kind, key)) = token_conn(token) else {
             return;
         };
+        if kind == proxy::UPSTREAM {
+            if let Some(proxy) = self.ctx.proxy.as_mut() {
+                proxy.ready(key);
+            }
+            return;
+        }
         let key = ConnKey::from(key);
         if ready.readable {
             self.read(key);
@@ -451,7 +484,7 @@ impl Reactor for IoLoop {
             return Some(crate::net::stopped_at_once(cut));
         }
         self.run_deadlines();
-        self.flush_dirty();
+        self.forward_and_flush();
         self.maybe_unpause();
         if self.drained() {
             self.close_all();

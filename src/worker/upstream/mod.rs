@@ -34,8 +34,20 @@ pub struct UpstreamApp {
     timeout: Duration,
     idle: Arc<Mutex<Vec<Conn>>>,
     /// The upstream could not be reached (refused, or no answer to the
-    /// connect in time) and has not been since.
-    down: AtomicBool,
+    /// connect in time) and has not been since; shared with the worker's
+    /// I/O thread when it forwards requests itself.
+    down: Arc<AtomicBool>,
+}
+
+/// Where an app that only forwards requests sends them ([`App::forwarding`]):
+/// the worker's I/O thread then forwards them itself, over non-blocking
+/// connections in its own poll, with no app thread between.
+pub struct Forwarding {
+    pub addr: SocketAddr,
+    /// Bounds connecting, and the wait for each read or write.
+    pub timeout: Duration,
+    /// Set while the upstream cannot be reached (see [`App::available`]).
+    pub down: Arc<AtomicBool>,
 }
 
 /// Where a connection's bytes come from: the upstream, or (for the fuzz
@@ -98,20 +110,26 @@ fn eof(why: &str) -> io::Error {
 }
 
 /// A response head as the worker passes it on.
-struct Head {
-    status: String,
-    headers: Vec<(String, String)>,
-    framing: Framing,
-    keep_alive: bool,
+pub(crate) struct Head {
+    pub status: String,
+    pub headers: Vec<(String, String)>,
+    pub framing: Framing,
+    pub keep_alive: bool,
 }
 
-/// Read one response head: hop-by-hop headers (and those `Connection`
-/// names) are not passed on, nor a `Content-Length` beside chunked coding.
+/// Read one response head (see [`pass_on`]).
 fn read_head(conn: &mut Conn, head_request: bool) -> io::Result<Head> {
     let h = conn
         .reader
         .head(&mut conn.stream, head_request)?
         .ok_or_else(|| eof("upstream closed the connection before a response"))?;
+    Ok(pass_on(h, head_request))
+}
+
+/// A response head as read from the upstream, made into what the worker
+/// passes on: hop-by-hop headers (and those `Connection` names) are
+/// dropped, and a `Content-Length` beside chunked coding.
+pub(crate) fn pass_on(h: crate::http::client::Head, head_request: bool) -> Head {
     let listed: Vec<String> = h
         .headers
         .iter()
@@ -130,18 +148,18 @@ fn read_head(conn: &mut Conn, head_request: bool) -> io::Result<Head> {
             !dropped
         })
         .collect();
-    Ok(Head {
+    Head {
         status: h.status,
         headers,
         framing: h.framing,
         // Some servers (waitress among them) send the body of a GET in
         // answer to HEAD; the connection cannot be trusted after it.
         keep_alive: h.keep_alive && !head_request,
-    })
+    }
 }
 
 /// An error before any response byte: the connection closed or was reset.
-fn is_early(e: &io::Error) -> bool {
+pub(crate) fn is_early(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::UnexpectedEof
@@ -167,7 +185,7 @@ impl UpstreamApp {
             addr,
             timeout,
             idle: Arc::default(),
-            down: AtomicBool::new(false),
+            down: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -209,15 +227,32 @@ impl UpstreamApp {
     }
 }
 
+/// The status and body of the answer when the upstream fails.
+pub(crate) const BAD_GATEWAY: (&str, &[u8]) = (
+    "502 Bad Gateway",
+    b"Bad Gateway: the application server did not answer\n",
+);
+
 fn bad_gateway() -> Response {
     Response::with_body(
-        "502 Bad Gateway",
+        BAD_GATEWAY.0,
         "text/plain; charset=utf-8",
-        b"Bad Gateway: the application server did not answer\n".to_vec(),
+        BAD_GATEWAY.1.to_vec(),
     )
 }
 
 impl App for UpstreamApp {
+    /// Requests with bodies in memory are forwarded by the worker's I/O
+    /// thread; [`App::call`] serves those whose bodies were spilled to
+    /// disk (and embedders that call it themselves).
+    fn forwarding(&self) -> Option<Forwarding> {
+        Some(Forwarding {
+            addr: self.addr,
+            timeout: self.timeout,
+            down: self.down.clone(),
+        })
+    }
+
     /// Down since a connect failed, until a new connection succeeds (tried
     /// here, at most once per call).
     fn available(&self) -> bool {

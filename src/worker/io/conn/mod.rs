@@ -51,6 +51,8 @@ pub(crate) struct IoConfig {
 pub(super) struct Ctx {
     pub cfg: IoConfig,
     pub jobs: Sender<Job>,
+    /// Forwarding on this thread, when the app only forwards.
+    pub proxy: Option<super::proxy::Proxy>,
     pub bodies: BodyIo,
     pub trace: TraceLog,
     /// The current résumé and hello (with the failure counts), encoded,
@@ -59,7 +61,7 @@ pub(super) struct Ctx {
     pub hello_frame: Vec<u8>,
     pub hello: Hello,
     next_req_id: u64,
-    /// Jobs handed to app threads and not yet done.
+    /// Requests handed to app threads (or forwarded) and not yet done.
     pub busy: usize,
     pub paused: bool,
     /// The application can serve (new connections hear it when not).
@@ -73,6 +75,7 @@ impl Ctx {
     pub(super) fn new(
         cfg: IoConfig,
         jobs: Sender<Job>,
+        proxy: Option<super::proxy::Proxy>,
         bodies: BodyIo,
         trace: TraceLog,
         resume_frame: Vec<u8>,
@@ -83,6 +86,7 @@ impl Ctx {
         Ctx {
             cfg,
             jobs,
+            proxy,
             bodies,
             trace,
             resume_frame,

@@ -79,8 +79,9 @@ impl LbConn {
         Ok(())
     }
 
-    /// A request is complete: to the app threads (a spilled body by way of
-    /// the body thread); a refused one is answered 400.
+    /// A request is complete: forwarded from this thread, or to the app
+    /// threads (a spilled body always, by way of the body thread); a
+    /// refused one is answered 400.
     fn end_of_body(&mut self, ctx: &mut Ctx, rno: Rno) -> Result<(), Closing> {
         let (req_id, environ, body) = match self.requests.remove(&rno) {
             Some(Req::Receiving {
@@ -120,8 +121,13 @@ impl LbConn {
             }),
         };
         if let Some(job) = body.finish(job, &ctx.bodies) {
-            if ctx.jobs.send(job).is_err() {
-                return Err(Closing::AppsGone);
+            match ctx.proxy.as_mut() {
+                Some(proxy) => proxy.start(job),
+                None => {
+                    if ctx.jobs.send(job).is_err() {
+                        return Err(Closing::AppsGone);
+                    }
+                }
             }
         }
         ctx.busy += 1;
