@@ -15,7 +15,11 @@
 //! window), BENCH_WARMUP, BENCH_ROUNDS=N (each variant N times,
 //! interleaved: the median run and the spread, `rounds.rs`),
 //! BENCH_ONLY=W1a,W2,W3,haproxy,… (regimes and/or variant name parts),
-//! BENCH_OUT (default target/bench-compare).
+//! BENCH_OUT (default target/bench-compare), BENCH_LB_ARGS (more options
+//! for every resumelb started, e.g. `--max-depth 16`, to try settings),
+//! BENCH_TRY (more resumelb variants in W1 and W3, `;`-separated pools
+//! with options, e.g. `resume --max-depth 32`, to compare settings side by
+//! side in one run).
 //! Prints tables and ratios, writes results.md and SVG charts to
 //! BENCH_OUT; exits 1 if a peer could not run (its rows say SKIPPED).
 //!
@@ -150,6 +154,7 @@ enum Variant {
     /// resumelb with a worker running the in-process demo app with this
     /// many threads (W2).
     ResumelbDemo(&'static str),
+
     Peer(Balance),
     /// Straight at the backend (W2).
     Direct,
@@ -171,6 +176,35 @@ enum Py {
     Granian,
     /// Under granian, nginx in front.
     NginxGranian,
+}
+
+/// BENCH_LB_ARGS, split at whitespace: options added to every resumelb.
+pub fn extra_lb_args() -> Vec<String> {
+    std::env::var("BENCH_LB_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// BENCH_TRY: extra "POOL OPTIONS…" variants.
+pub fn tried_pools() -> Vec<String> {
+    std::env::var("BENCH_TRY")
+        .unwrap_or_default()
+        .split(';')
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The LB options for a variant's pool ("resume --max-depth 32": `-p
+/// resume --max-depth 32`), with BENCH_LB_ARGS.
+pub fn pool_args(pool: &str) -> Vec<String> {
+    let mut words = pool.split_whitespace().map(String::from);
+    let mut args = vec!["-p".to_string(), words.next().unwrap_or_default()];
+    args.extend(words);
+    args.extend(extra_lb_args());
+    args
 }
 
 /// " --threads N" unless N is the usual count.
@@ -213,6 +247,7 @@ impl Variant {
             Variant::ResumelbDemo(t) => {
                 format!("resumelb + worker --app demo{}", threads_suffix(t))
             }
+
             Variant::Peer(Balance::HaproxyHash) => "haproxy hdr(host) consistent".into(),
             Variant::Peer(Balance::HaproxyLeastconn) => "haproxy leastconn".into(),
             Variant::Peer(Balance::NginxHash) => "nginx hash $host consistent".into(),
@@ -362,12 +397,14 @@ fn start_front(variant: &Variant, backends: &[SocketAddr]) -> io::Result<Front> 
             let mut targets = Vec::new();
             let dir = peers::TempDir::new("lb")?;
             let mut status = Vec::new();
+            let extra = pool_args(pool);
             for i in 0..lbs {
                 let sock = dir.0.join(format!("lb{i}.sock"));
                 let sock_arg = sock.display().to_string();
                 status.push(sock);
-                let mut args = vec!["-a", "127.0.0.1:0", "-p", pool, "-L", "info"];
+                let mut args = vec!["-a", "127.0.0.1:0", "-L", "info"];
                 args.extend(["-s", sock_arg.as_str()]);
+                args.extend(extra.iter().map(String::as_str));
                 args.extend(worker_addrs.iter().map(String::as_str));
                 let lb = spawn(&bins.join("resumelb"), &args, "listening on ")?;
                 pids.push(("LB", lb.child.id()));
@@ -926,6 +963,11 @@ fn main() -> io::Result<()> {
             lbs: 3,
         });
     }
+    w1_variants.extend(
+        tried_pools()
+            .into_iter()
+            .map(|pool| Variant::Resumelb { pool, lbs: 1 }),
+    );
     w1_variants.extend([
         Variant::Peer(Balance::HaproxyHash),
         Variant::Peer(Balance::HaproxyLeastconn),

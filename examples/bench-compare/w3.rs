@@ -58,13 +58,15 @@ pub enum Variant {
 
 impl Variant {
     pub fn all() -> Vec<Variant> {
-        vec![
+        let mut all = vec![
             Variant::Resumelb("resume".into()),
             Variant::Resumelb("classic".into()),
             Variant::Peer(Balance::NginxHash, Server::Granian),
             Variant::Peer(Balance::NginxHash, Server::Gunicorn),
             Variant::Peer(Balance::HaproxyHash, Server::Granian),
-        ]
+        ];
+        all.extend(super::tried_pools().into_iter().map(Variant::Resumelb));
+        all
     }
 
     pub fn name(&self) -> String {
@@ -291,8 +293,10 @@ fn start(v: &Variant, regime: Regime, stats: &Path) -> io::Result<Running> {
             }
             let sock = stats.with_extension("sock");
             let sock_arg = sock.display().to_string();
-            let mut args = vec!["-a", "127.0.0.1:0", "-p", pool.as_str(), "-L", "info"];
+            let mut args = vec!["-a", "127.0.0.1:0", "-L", "info"];
             args.extend(["-s", sock_arg.as_str()]);
+            let extra = super::pool_args(pool);
+            args.extend(extra.iter().map(String::as_str));
             args.extend(addrs.iter().map(String::as_str));
             let lb = spawn_env(&bins.join("resumelb"), &args, &[], "listening on ")?;
             pids.push(("LB", lb.child.id()));

@@ -326,7 +326,7 @@ fn options() -> getopts::Options {
     o.optopt(
         "",
         "max-depth",
-        "the résumé pool's --max-depth (default 8)",
+        "the résumé pool's --max-depth (default 32)",
         "N",
     );
     o.optflag("h", "help", "print this help");

@@ -137,7 +137,7 @@ pub fn options() -> Options {
     o.optopt(
         "",
         "max-depth",
-        "résumé pool: most requests in flight per worker thread (default 8)",
+        "résumé pool: most requests in flight per worker thread (default 32)",
         "N",
     );
     o.optopt(

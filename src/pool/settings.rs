@@ -37,7 +37,7 @@ impl Default for Settings {
             unskilled_score: 1.0,
             slow_factor: 4.0,
             spill_factor: 2.0,
-            max_depth: 8,
+            max_depth: 32,
             eject_after: 5,
         }
     }

@@ -75,18 +75,19 @@ fn a_worker_holds_no_more_than_its_bound() {
         .filter(|_| get(&mut p, "a", ms(10)).is_some())
         .count();
     assert_eq!(taken, 3);
-    // Fast ones (10 µs): as deep as max_depth allows, 8 per thread.
+    // Fast ones (10 µs): as deep as max_depth allows per thread.
     for _ in 0..3 {
         put(&mut p, 1, "a", ms(11), Some(Duration::from_micros(10)));
     }
-    for _ in 0..40 {
+    for _ in 0..200 {
         put(&mut p, 1, "a", ms(11), None);
         get(&mut p, "a", ms(11));
         put(&mut p, 1, "a", ms(11), Some(Duration::from_micros(10)));
         get(&mut p, "a", ms(11));
     }
     while get(&mut p, "a", ms(11)).is_some() {}
-    assert_eq!(in_flight(&p, 1), 16);
+    let depth = i64::from(crate::pool::Settings::default().max_depth);
+    assert_eq!(in_flight(&p, 1), 2 * depth);
 }
 
 #[test]

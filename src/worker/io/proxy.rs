@@ -39,6 +39,7 @@ use crate::net::{fired, register_conn, Armed, Deadlines};
 use crate::proto::{encode_body, encode_end, encode_head, encode_null, ResponseHead, Rno};
 use crate::tracelog::Trace;
 use crate::util::spill::BodyReader;
+use crate::util::time::after;
 
 /// The token kind of upstream connections.
 pub(super) const UPSTREAM: u8 = 2;
@@ -380,7 +381,7 @@ impl Proxy {
             return self.dispatch(call);
         };
         up.state = State::Sending { call, sent: 0 };
-        up.due = Instant::now() + self.timeout;
+        up.due = after(Instant::now(), self.timeout);
         self.drive(key);
     }
 
@@ -396,7 +397,7 @@ impl Proxy {
             state: State::Sending { call, sent: 0 },
             connected: false,
             reused: false,
-            due: Instant::now() + self.timeout,
+            due: after(Instant::now(), self.timeout),
             armed: Armed::default(),
         });
         let up = &mut self.conns[key];
@@ -454,7 +455,7 @@ impl Proxy {
                 Next::Again => continue,
                 Next::Wait => {
                     if let Some(up) = self.conns.get_mut(key) {
-                        up.due = Instant::now() + self.timeout;
+                        up.due = after(Instant::now(), self.timeout);
                     }
                     self.arm(key);
                     return;
