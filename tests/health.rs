@@ -18,7 +18,9 @@ fn a_worker_whose_app_is_down_is_taken_out_of_rotation_and_back() {
     let dir = TempDir::new("health");
     let sock = dir.path("lb.sock");
     let trace = dir.path("a.trace");
-    let app_a = start_waitress(0);
+    // Outside the ephemeral range: while A's app is down no other process
+    // (a test's server on port 0, a client socket) takes its port.
+    let app_a = start_waitress(port_outside_ephemeral_range());
     let port_a = app_a.port;
     let app_b = start_waitress(0);
     let a = start_worker(&[
@@ -212,6 +214,10 @@ fn resume_pool_moves_a_slow_workers_classes_to_the_others() {
     // Learning: 8 clients at once, 4 classes.
     let statuses = concurrent_gets(lb.addr, 8, 10, "k");
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // The trace writers may still be behind the responses.
+    wait_until("the first traces written", T, || {
+        served(&slow_trace) + served(&fast_trace) == 80
+    });
     // Then the same again: the fast worker serves most.
     let (s0, f0) = (served(&slow_trace), served(&fast_trace));
     let statuses = concurrent_gets(lb.addr, 8, 10, "k");
@@ -273,7 +279,10 @@ fn silent_worker(pool: &str) {
     for i in 0..32 {
         assert_eq!(get(lb.addr, &format!("h{}", i % 16), "/1").status, 200);
     }
-    assert!(served(&hung_trace) > 0, "{pool}: both workers serve");
+    // (Its trace writer may be a moment behind the responses.)
+    wait_until(&format!("{pool}: both workers serving"), T, || {
+        served(&hung_trace) > 0
+    });
     hung.proc.signal("STOP");
     // 30 requests over 16 classes from 6 clients: those that go to the
     // stopped worker wait for the silent-worker time, then the other
