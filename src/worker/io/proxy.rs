@@ -685,50 +685,41 @@ impl Up {
             out.dropped(call);
             return Next::Closed;
         }
-        if !call.flow.has_room() {
+        let mut frames = Vec::new();
+        // Where the body stops for now, if it does: the frames so far go
+        // out and the state is kept for the next step.
+        let pause = if call.flow.has_room() {
+            loop {
+                if body.is_done() {
+                    break None;
+                }
+                match self.reader.piece(&mut self.stream, &mut body, PIECE) {
+                    Ok(Some(p)) => {
+                        encode_body(&mut frames, call.rno, &p);
+                        if frames.len() >= ROUND_BYTES {
+                            break Some(Next::Again);
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(e) if would_block(&e) => break Some(Next::Wait),
+                    Err(e) => {
+                        out.abort(call, frames, &e);
+                        return Next::Closed;
+                    }
+                }
+            }
+        } else {
+            Some(Next::Held)
+        };
+        if let Some(next) = pause {
+            out.emit(&call, frames, false);
             self.state = State::Body {
                 call,
                 body,
                 keep_alive,
                 code,
             };
-            return Next::Held;
-        }
-        let mut frames = Vec::new();
-        loop {
-            if body.is_done() {
-                break;
-            }
-            match self.reader.piece(&mut self.stream, &mut body, PIECE) {
-                Ok(Some(p)) => {
-                    encode_body(&mut frames, call.rno, &p);
-                    if frames.len() >= ROUND_BYTES {
-                        out.emit(&call, frames, false);
-                        self.state = State::Body {
-                            call,
-                            body,
-                            keep_alive,
-                            code,
-                        };
-                        return Next::Again;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if would_block(&e) => {
-                    out.emit(&call, frames, false);
-                    self.state = State::Body {
-                        call,
-                        body,
-                        keep_alive,
-                        code,
-                    };
-                    return Next::Wait;
-                }
-                Err(e) => {
-                    out.abort(call, frames, &e);
-                    return Next::Closed;
-                }
-            }
+            return next;
         }
         out.ended(call, frames, code);
         Next::Done {
