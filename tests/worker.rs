@@ -564,6 +564,18 @@ fn scripted(script: fn(usize, usize) -> Reply) -> Scripted {
     }
 }
 
+/// A worker forwarding to `up` (with `args` besides), and a test LB
+/// connected to it past the greeting.
+fn forwarding_to(up: &Scripted, args: &[&str]) -> (WorkerProc, TestLb) {
+    let app = format!("upstream:127.0.0.1:{}", up.port);
+    let mut all = vec!["--app", app.as_str()];
+    all.extend_from_slice(args);
+    let w = start_worker(&all);
+    let mut lb = TestLb::connect(w.addr);
+    lb.greeting();
+    (w, lb)
+}
+
 /// Collect the responses to `rnos`, sent together.
 fn collect_all(lb: &mut TestLb, rnos: &[u32]) -> std::collections::HashMap<u32, Collected> {
     let mut got: std::collections::HashMap<u32, Collected> = Default::default();
@@ -591,10 +603,7 @@ fn collect_all(lb: &mut TestLb, rnos: &[u32]) -> std::collections::HashMap<u32, 
 fn forwarding_keeps_to_threads_connections_and_answers_every_queued_request() {
     use std::sync::atomic::Ordering;
     let up = scripted(|_, _| Reply::Answer(Duration::from_millis(20)));
-    let app = format!("upstream:127.0.0.1:{}", up.port);
-    let w = start_worker(&["--app", &app, "--threads", "2"]);
-    let mut lb = TestLb::connect(w.addr);
-    lb.greeting();
+    let (_w, mut lb) = forwarding_to(&up, &["--threads", "2"]);
     let rnos: Vec<u32> = (1..=12).collect();
     for &rno in &rnos {
         lb.send_request(rno, environ("GET", &format!("/r{rno}"), "", "x"), b"");
@@ -618,10 +627,7 @@ fn forwarding_sends_again_once_when_a_kept_alive_connection_was_closed() {
         0 => Reply::Answer(Duration::ZERO),
         _ => Reply::Close,
     });
-    let app = format!("upstream:127.0.0.1:{}", up.port);
-    let w = start_worker(&["--app", &app, "--threads", "1"]);
-    let mut lb = TestLb::connect(w.addr);
-    lb.greeting();
+    let (_w, mut lb) = forwarding_to(&up, &["--threads", "1"]);
     for rno in 1..=3 {
         let r = lb.request(rno, environ("GET", &format!("/s{rno}"), "", "x"), b"");
         assert_eq!((r.code(), r.ended), (200, true), "request {rno}");
@@ -632,10 +638,7 @@ fn forwarding_sends_again_once_when_a_kept_alive_connection_was_closed() {
     assert_eq!(up.conns.load(Ordering::SeqCst), 3);
     // A new connection that fails is not retried: 502.
     let up = scripted(|_, _| Reply::Close);
-    let app = format!("upstream:127.0.0.1:{}", up.port);
-    let w = start_worker(&["--app", &app, "--threads", "1"]);
-    let mut lb = TestLb::connect(w.addr);
-    lb.greeting();
+    let (w, mut lb) = forwarding_to(&up, &["--threads", "1"]);
     let r = lb.request(1, environ("GET", "/x", "", "x"), b"");
     assert_eq!(r.code(), 502);
     assert_eq!(up.conns.load(Ordering::SeqCst), 1);
@@ -649,10 +652,7 @@ fn forwarding_gives_up_on_a_silent_upstream_after_the_timeout() {
         0 => Reply::Hang,
         _ => Reply::Answer(Duration::ZERO),
     });
-    let app = format!("upstream:127.0.0.1:{}", up.port);
-    let w = start_worker(&["--app", &app, "--threads", "1", "--upstream-timeout", "0.5"]);
-    let mut lb = TestLb::connect(w.addr);
-    lb.greeting();
+    let (w, mut lb) = forwarding_to(&up, &["--threads", "1", "--upstream-timeout", "0.5"]);
     let started = Instant::now();
     let r = lb.request(1, environ("GET", "/hang", "", "x"), b"");
     assert_eq!(r.code(), 502);
@@ -695,10 +695,7 @@ fn forwarding_passes_large_bodies_both_ways() {
 #[test]
 fn forwarding_drops_a_cancelled_request_and_goes_on() {
     let up = scripted(|_, _| Reply::Answer(Duration::from_millis(300)));
-    let app = format!("upstream:127.0.0.1:{}", up.port);
-    let w = start_worker(&["--app", &app, "--threads", "1"]);
-    let mut lb = TestLb::connect(w.addr);
-    lb.greeting();
+    let (_w, mut lb) = forwarding_to(&up, &["--threads", "1"]);
     // 1 takes the only connection, 2 waits for it, 3 waits behind 2.
     for rno in 1..=3 {
         lb.send_request(rno, environ("GET", &format!("/c{rno}"), "", "x"), b"");
